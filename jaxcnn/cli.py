@@ -1,0 +1,51 @@
+"""What every jaxcnn command shares: one-line errors, exit codes and the data flags."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from jaxcnn.config import UsageError
+from jaxcnn.data import DATA_DIR_ENV, MANUAL_DIR_ENV, DataError
+
+#: Exit code for a usage or input error.
+EXIT_USAGE = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` that reports a bad flag in one line and exits with code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print ``message`` as one line and exit with :data:`EXIT_USAGE`."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--data-dir`` and ``--manual-dir``, shared by every command that reads data."""
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"tensorflow-datasets data dir, where the prepared dataset lives "
+        f"(default: ${DATA_DIR_ENV}, else tfds's default ~/tensorflow_datasets)",
+    )
+    parser.add_argument(
+        "--manual-dir",
+        metavar="DIR",
+        help=f"folder holding the four original .gz files, for preparing the dataset "
+        f"offline (default: ${MANUAL_DIR_ENV}); needed only the first time, when the "
+        f"dataset is not prepared yet and cannot be downloaded",
+    )
+
+
+def run_command(prog: str, main: Callable[[Sequence[str] | None], int]) -> Callable[..., int]:
+    """Wrap ``main`` so usage and data errors print one line and return :data:`EXIT_USAGE`."""
+
+    def wrapped(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except (UsageError, DataError) as error:
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return wrapped

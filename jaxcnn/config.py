@@ -1,0 +1,73 @@
+"""The training configuration: one frozen dataclass, checked before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from jaxcnn.data import DATASETS
+from jaxcnn.models import MODELS
+
+
+class UsageError(Exception):
+    """A flag or input is wrong; the message names it and says what is expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of a training run; the defaults are the seed tutorial's.
+
+    Attributes:
+        model: a key of :data:`jaxcnn.models.MODELS`.
+        dataset: a key of :data:`jaxcnn.data.DATASETS`.
+        epochs: passes over the training set.
+        batch_size: training examples per step.
+        learning_rate: Adam's step size.
+        seed: seeds the parameter initialisation and every epoch's shuffle.
+        log_every: batches between log lines, each with a pass over the test set.
+        max_steps: stop after this many steps in all (None: run every epoch).
+        eval_batch_size: test examples per evaluation batch.
+
+    """
+
+    model: str = "cnn"
+    dataset: str = "mnist"
+    epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+    log_every: int = 100
+    max_steps: int | None = None
+    eval_batch_size: int = 1000
+
+    def validate(self) -> TrainConfig:
+        """Return ``self`` if every field is usable.
+
+        Raises:
+            UsageError: naming the first flag that is wrong and why.
+
+        """
+        checks = [
+            (self.model in MODELS, "--model", f"must be one of {', '.join(MODELS)}"),
+            (self.dataset in DATASETS, "--dataset", f"must be one of {', '.join(DATASETS)}"),
+            (self.epochs >= 0, "--epochs", "must be 0 or more"),
+            (self.batch_size > 0, "--batch-size", "must be a positive integer"),
+            (
+                math.isfinite(self.learning_rate) and self.learning_rate > 0,
+                "--learning-rate",
+                "must be a finite number greater than 0",
+            ),
+            (self.log_every > 0, "--log-every", "must be a positive integer"),
+            (self.max_steps is None or self.max_steps >= 0, "--max-steps", "must be 0 or more"),
+            (self.eval_batch_size > 0, "--eval-batch-size", "must be a positive integer"),
+        ]
+        for ok, flag, problem in checks:
+            if not ok:
+                value = getattr(self, flag[2:].replace("-", "_"))
+                raise UsageError(f"{flag} {value!r}: {problem}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as a JSON-ready dict."""
+        return dataclasses.asdict(self)

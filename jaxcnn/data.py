@@ -1,0 +1,271 @@
+"""Datasets: tensorflow-datasets in, NumPy arrays out.
+
+Each split is read once into memory as uint8 images (N, 28, 28, 1) and int32 labels.
+Batches are drawn from a per-epoch permutation that is a pure function of
+(seed, epoch), and every batch has the same shape: the last one of an epoch is padded
+and carries a mask that is 0 on the padding, so a jitted step compiles once.
+
+Datasets are prepared in the ``array_record`` format, which tfds reads back without
+TensorFlow (jaxcnn decodes the PNGs with Pillow); TensorFlow is imported only while preparing,
+where tfds needs it to extract the ``.gz`` files. A dataset that an earlier tfds run
+prepared as ``tfrecord`` is read with TensorFlow instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import socket
+import tempfile
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+#: Environment variable naming a folder of the original ``.gz`` files (tfds's manual_dir).
+MANUAL_DIR_ENV = "JAXCNN_MANUAL_DIR"
+#: tfds's own environment variable for its data dir.
+DATA_DIR_ENV = "TFDS_DATA_DIR"
+
+_IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+class DataError(Exception):
+    """The data cannot be found, read or prepared; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What jaxcnn knows about a tfds dataset it can train on."""
+
+    name: str
+    files: tuple[str, ...]
+    url: str
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, the model's output width."""
+        return len(self.class_names)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        files=_IDX_FILES,
+        url="https://storage.googleapis.com/cvdf-datasets/mnist/",
+        class_names=tuple(str(digit) for digit in range(10)),
+    ),
+    "fashion_mnist": DatasetSpec(
+        name="fashion_mnist",
+        files=_IDX_FILES,
+        url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        class_names=(
+            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        ),
+    ),
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split held in memory: ``images`` uint8 (N, H, W, C), ``labels`` int32 (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+# ----------------------------------------------------------------------------- locations
+
+
+def resolve_data_dir(flag: str | None) -> str | None:
+    """Return the tfds data dir: ``--data-dir``, else ``$TFDS_DATA_DIR``, else None (tfds's)."""
+    return flag or os.environ.get(DATA_DIR_ENV) or None
+
+
+def resolve_manual_dir(flag: str | None) -> str | None:
+    """Return the folder of original files: ``--manual-dir``, else ``$JAXCNN_MANUAL_DIR``."""
+    return flag or os.environ.get(MANUAL_DIR_ENV) or None
+
+
+def check_locations(spec: DatasetSpec, data_dir: str | None, manual_dir: str | None) -> None:
+    """Check that the given folders exist and the manual dir holds ``spec``'s files.
+
+    Raises:
+        DataError: naming the flag, the folder and what is wrong with it.
+
+    """
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DataError(f"--data-dir {data_dir!r} (or ${DATA_DIR_ENV}) is not an existing folder")
+    if manual_dir is None:
+        return
+    if not Path(manual_dir).is_dir():
+        raise DataError(
+            f"--manual-dir {manual_dir!r} (or ${MANUAL_DIR_ENV}) is not an existing folder"
+        )
+    missing = [name for name in spec.files if not (Path(manual_dir) / name).is_file()]
+    if missing:
+        raise DataError(
+            f"--manual-dir {manual_dir!r} lacks the original {spec.name} files: "
+            + ", ".join(missing)
+        )
+
+
+def download_host_reachable(url: str, timeout: float = 5.0) -> bool:
+    """Return whether a TCP connection to ``url``'s host can be opened (no data is sent)."""
+    parsed = urllib.parse.urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@contextlib.contextmanager
+def _absl_errors_only() -> Iterator[None]:
+    """Silence absl's warnings (tfds logs through absl) for the duration of the block."""
+    absl_logger = logging.getLogger("absl")
+    previous = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(previous)
+
+
+def _prepare(spec: DatasetSpec, data_dir: str | None, manual_dir: str | None):  # -> DatasetBuilder
+    """Return a prepared tfds builder for ``spec``, preparing it first if needed.
+
+    Files extracted while preparing go to a temporary folder beside the dataset and are
+    deleted afterwards, so a prepared dataset costs only its own ~25 MB.
+    """
+    import tensorflow_datasets as tfds
+
+    with _absl_errors_only():  # tfds warns about the folders of a dataset not yet prepared
+        builder = tfds.builder(spec.name, data_dir=data_dir)
+        if builder.is_prepared():
+            return builder
+    if manual_dir is None and not download_host_reachable(spec.url):
+        where = data_dir or tfds.core.constants.DATA_DIR
+        raise DataError(
+            f"{spec.name} is not prepared in {where} and {spec.url} cannot be reached; to run "
+            f"offline, pass --manual-dir (or set ${MANUAL_DIR_ENV}) to a folder holding "
+            f"{', '.join(spec.files)}"
+        )
+    builder = tfds.builder(spec.name, data_dir=data_dir, file_format="array_record")
+    root = Path(builder.data_dir).parents[1]  # <data_dir>/<name>/<version> -> <data_dir>
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"preparing {spec.name} in {root} from {manual_dir or spec.url} (once)", flush=True)
+    tfds.disable_progress_bar()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow, imported while preparing
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".jaxcnn-{spec.name}-extract-") as tmp:
+        try:
+            builder.download_and_prepare(
+                download_dir=tmp,
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+            )
+        except Exception as error:  # tfds raises many kinds; all mean the same to the user.
+            source = f"--manual-dir {manual_dir!r}" if manual_dir else spec.url
+            raise DataError(
+                f"could not prepare {spec.name} from {source}: {type(error).__name__}: {error}"
+            ) from error
+    return builder
+
+
+def _read_split(builder, split: str) -> Split:  # builder: tfds DatasetBuilder
+    """Read a whole prepared split into memory."""
+    if builder.info.file_format.value == "array_record":
+        import tensorflow_datasets as tfds
+        from PIL import Image
+
+        source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        records = source.__getitems__(range(len(source)))
+        images = np.stack([np.asarray(Image.open(io.BytesIO(r["image"]))) for r in records])
+        images = images.reshape(*images.shape[:3], -1)  # PNGs decode to (H, W) for one channel
+        labels = np.array([record["label"] for record in records])
+    else:
+        import tensorflow_datasets as tfds
+
+        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+        images, labels = arrays["image"], arrays["label"]
+    return Split(images=images.astype(np.uint8), labels=labels.astype(np.int32))
+
+
+def load_dataset(name: str, data_dir: str | None, manual_dir: str | None) -> dict[str, Split]:
+    """Return the ``train`` and ``test`` splits of dataset ``name`` in memory.
+
+    Args:
+        name: a key of :data:`DATASETS`.
+        data_dir: tfds data dir, or None for tfds's default.
+        manual_dir: folder of the original files, used when the dataset is not prepared.
+
+    Raises:
+        DataError: the folders are wrong, or the data cannot be prepared or read.
+
+    """
+    if name not in DATASETS:
+        raise DataError(f"--dataset {name!r} is unknown; choose one of {', '.join(DATASETS)}")
+    spec = DATASETS[name]
+    check_locations(spec, data_dir, manual_dir)
+    builder = _prepare(spec, data_dir, manual_dir)
+    try:
+        return {split: _read_split(builder, split) for split in ("train", "test")}
+    except Exception as error:
+        raise DataError(
+            f"could not read {name} from {builder.data_dir}: {type(error).__name__}: {error}"
+        ) from error
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """Return the order of the training examples in ``epoch``: a function of its arguments only."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Return the number of batches that cover ``num_examples`` once (the last may be short)."""
+    return -(-num_examples // batch_size)
+
+
+def batch_indices(order: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(indices, mask)`` of ``batch_size`` for consecutive batches of ``order``.
+
+    The last batch is padded with index 0 where ``mask`` is 0, so every batch has the
+    same shape and each example of ``order`` is counted exactly once.
+    """
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        real = len(indices)
+        mask = np.zeros(batch_size, np.float32)
+        mask[:real] = 1.0
+        yield np.pad(indices, (0, batch_size - real)), mask
+
+
+def make_batch(split: Split, indices: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Gather a batch: ``image`` uint8 (B, H, W, C), ``label`` int32 (B,), ``mask`` float32 (B,)."""
+    return {"image": split.images[indices], "label": split.labels[indices], "mask": mask}
+
+
+def fixed_batches(split: Split, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Return ``split`` in order as padded batches of ``batch_size`` (for evaluation)."""
+    order = np.arange(len(split))
+    return [make_batch(split, idx, mask) for idx, mask in batch_indices(order, batch_size)]

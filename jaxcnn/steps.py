@@ -1,0 +1,169 @@
+"""The training state and the pure step functions.
+
+This is where PyTorch's black box is opened. The seed's training step reads::
+
+    output = net(data)                   # forward
+    loss = criterion(output, target)     # cross-entropy
+    optimizer.zero_grad()                # clear .grad buffers
+    loss.backward()                      # fill .grad buffers
+    optimizer.step()                     # update the weights in place
+
+Here the same step is one pure function, :func:`train_step`: ``jax.value_and_grad``
+returns the loss *and* the gradient as a value (a pytree shaped like the parameters;
+there are no ``.grad`` buffers, so nothing to zero), and ``tx.update`` followed by
+``optax.apply_updates`` computes new parameters instead of changing the old ones.
+
+A batch is a dict of ``image`` (uint8, NHWC), ``label`` (int32) and ``mask`` (float32,
+1 for a real example and 0 for padding), all of one fixed shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+from flax import struct
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+PyTree = Any
+
+
+@struct.dataclass
+class TrainState:
+    """Everything that changes during training, as one pytree.
+
+    Attributes:
+        step: number of optimizer steps taken.
+        params: the model's ``params`` collection.
+        model_state: the model's other variable collections (for example BatchNorm's
+            ``batch_stats``); empty for the seed's CNN.
+        opt_state: the optimizer's state (Adam's moments and step count).
+        apply_fn: the model's ``apply`` (static, not a leaf).
+        tx: the optax optimizer (static, not a leaf).
+
+    """
+
+    step: jax.Array
+    params: PyTree
+    model_state: PyTree
+    opt_state: optax.OptState
+    apply_fn: Callable[..., Any] = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    image_shape: tuple[int, int, int],
+) -> TrainState:
+    """Initialise ``model`` for images of ``image_shape`` (H, W, C) and ``tx``'s state.
+
+    Args:
+        model: a linen module called as ``model(images, train=...)``.
+        tx: the optimizer.
+        rng: PRNG key for the parameter initialisation.
+        image_shape: shape of one image, channels last.
+
+    """
+    variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    model_state = {name: value for name, value in variables.items() if name != "params"}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        apply_fn=model.apply,
+        tx=tx,
+    )
+
+
+def to_float_images(images: jax.Array) -> jax.Array:
+    """Scale uint8 images to float32 in [0, 1], as torchvision's ``ToTensor`` does."""
+    return images.astype(jnp.float32) / 255.0
+
+
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy over the real examples (``mask`` 1), as ``nn.CrossEntropyLoss``.
+
+    Padding examples (``mask`` 0) contribute neither to the sum nor to the count.
+    """
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def count_correct(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Return the number of real examples whose arg-max logit is the label."""
+    return jnp.sum((jnp.argmax(logits, axis=-1) == labels) * mask)
+
+
+def loss_fn(
+    params: PyTree, state: TrainState, batch: Batch
+) -> tuple[jax.Array, tuple[jax.Array, PyTree]]:
+    """Forward pass and loss for ``params``; the function ``jax.value_and_grad`` differentiates.
+
+    Returns:
+        ``(loss, (logits, new_model_state))``.
+
+    """
+    mutable = list(state.model_state)
+    logits, new_model_state = state.apply_fn(
+        {"params": params, **state.model_state},
+        to_float_images(batch["image"]),
+        train=True,
+        mutable=mutable,
+    )
+    loss = masked_cross_entropy(logits, batch["label"], batch["mask"])
+    return loss, (logits, new_model_state)
+
+
+def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    """Take one optimizer step on ``batch``; pure, meant to be ``jax.jit``-compiled.
+
+    Returns:
+        The new state and metrics: ``loss`` (mean over real examples), ``correct`` and
+        ``count`` (sums over real examples).
+
+    """
+    # PyTorch: output = net(data); loss = criterion(output, target); loss.backward()
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (logits, model_state)), grads = grad_fn(state.params, state, batch)
+    # PyTorch: optimizer.step() -- computed, not applied in place; no zero_grad() needed.
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(
+        step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
+    )
+    metrics = {
+        "loss": loss,
+        "correct": count_correct(logits, batch["label"], batch["mask"]),
+        "count": jnp.sum(batch["mask"]),
+    }
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Batch) -> Metrics:
+    """Evaluate ``batch`` in inference mode; pure, meant to be ``jax.jit``-compiled.
+
+    Returns:
+        Sums over the real examples: ``loss_sum``, ``correct`` and ``count``, so that
+        batches add up to exact totals over a split.
+
+    """
+    logits = state.apply_fn(
+        {"params": state.params, **state.model_state},
+        to_float_images(batch["image"]),
+        train=False,
+    )
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return {
+        "loss_sum": jnp.sum(per_example * batch["mask"]),
+        "correct": count_correct(logits, batch["label"], batch["mask"]),
+        "count": jnp.sum(batch["mask"]),
+    }

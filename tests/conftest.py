@@ -1,0 +1,48 @@
+"""Shared fixtures: the real MNIST files, prepared once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from jaxcnn import data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_manual_dir() -> Path:
+    """Return the folder of the original MNIST files: $JAXCNN_MANUAL_DIR, else ../shared."""
+    candidate = Path(os.environ.get(data.MANUAL_DIR_ENV) or REPO.parent / "shared/data/mnist")
+    missing = [name for name in data.DATASETS["mnist"].files if not (candidate / name).is_file()]
+    if missing:
+        pytest.fail(
+            f"the data tests need the original MNIST files in {candidate} (missing: {missing}); "
+            f"set {data.MANUAL_DIR_ENV} to a folder holding them"
+        )
+    return candidate.resolve()
+
+
+@pytest.fixture(scope="session")
+def manual_dir() -> Path:
+    return find_manual_dir()
+
+
+@pytest.fixture(scope="session")
+def prepared_mnist(
+    tmp_path_factory: pytest.TempPathFactory, manual_dir: Path
+) -> tuple[Path, dict[str, data.Split]]:
+    """Return a tfds data dir with MNIST prepared from the real files (~20 s), and its splits."""
+    path = tmp_path_factory.mktemp("tfds")
+    return path, data.load_dataset("mnist", str(path), str(manual_dir))
+
+
+@pytest.fixture(scope="session")
+def data_dir(prepared_mnist: tuple[Path, dict[str, data.Split]]) -> Path:
+    return prepared_mnist[0]
+
+
+@pytest.fixture(scope="session")
+def mnist(prepared_mnist: tuple[Path, dict[str, data.Split]]) -> dict[str, data.Split]:
+    return prepared_mnist[1]

@@ -1,0 +1,65 @@
+"""The input pipeline on the real MNIST files: contents, permutations, batches, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jaxcnn import data
+
+
+def test_splits_hold_the_whole_of_mnist_as_uint8(mnist):
+    train, test = mnist["train"], mnist["test"]
+    assert train.images.shape == (60_000, 28, 28, 1) and train.images.dtype == np.uint8
+    assert test.images.shape == (10_000, 28, 28, 1) and test.images.dtype == np.uint8
+    assert train.labels.dtype == np.int32 and test.labels.dtype == np.int32
+    # The class counts of the original files, which fix the data regardless of order.
+    assert np.bincount(train.labels).tolist() == [
+        5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949,
+    ]  # fmt: skip
+    assert np.bincount(test.labels).tolist() == [
+        980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009,
+    ]  # fmt: skip
+    assert train.images.max() == 255 and train.images.min() == 0
+
+
+def test_epoch_permutation_covers_every_index_once_and_depends_only_on_seed_and_epoch():
+    first = data.epoch_permutation(seed=7, epoch=2, num_examples=60_000)
+    np.testing.assert_array_equal(np.sort(first), np.arange(60_000))
+    np.testing.assert_array_equal(first, data.epoch_permutation(7, 2, 60_000))
+    assert not np.array_equal(first, data.epoch_permutation(7, 3, 60_000))
+    assert not np.array_equal(first, data.epoch_permutation(8, 2, 60_000))
+
+
+def test_an_epoch_is_938_batches_of_64_and_the_last_holds_32():
+    order = data.epoch_permutation(0, 0, 60_000)
+    batches = list(data.batch_indices(order, 64))
+    assert len(batches) == data.steps_per_epoch(60_000, 64) == 938
+    assert all(indices.shape == (64,) and mask.shape == (64,) for indices, mask in batches)
+    assert [mask.sum() for _, mask in batches[-2:]] == [64, 32]
+    real = np.concatenate([indices[mask == 1] for indices, mask in batches])
+    np.testing.assert_array_equal(real, order)
+
+
+def test_make_batch_gathers_images_labels_and_mask(mnist):
+    train = mnist["train"]
+    indices, mask = np.array([5, 0, 0]), np.array([1, 1, 0], np.float32)
+    batch = data.make_batch(train, indices, mask)
+    np.testing.assert_array_equal(batch["image"][0], train.images[5])
+    np.testing.assert_array_equal(batch["label"], train.labels[[5, 0, 0]])
+    np.testing.assert_array_equal(batch["mask"], mask)
+
+
+def test_missing_manual_files_are_named(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    with pytest.raises(data.DataError, match=r"t10k-labels-idx1-ubyte\.gz"):
+        data.load_dataset("mnist", None, str(tmp_path))
+
+
+def test_no_network_and_no_data_says_how_to_run_offline(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "download_host_reachable", lambda url, timeout=5.0: False)
+    with pytest.raises(data.DataError, match="--manual-dir"):
+        data.load_dataset("mnist", str(tmp_path), None)
+    assert not (tmp_path / "mnist").exists() or not any(
+        (tmp_path / "mnist").rglob("*.array_record*")
+    )
