@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from jaxcnn.checkpoint import CheckpointError
 from jaxcnn.config import UsageError
 from jaxcnn.data import DATA_DIR_ENV, MANUAL_DIR_ENV, DataError
 
@@ -38,13 +39,30 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_restore_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--workdir`` (required) and ``--step``, for commands that restore a checkpoint."""
+    parser.add_argument(
+        "--workdir", required=True, metavar="DIR", help="work dir of a jaxcnn.train run"
+    )
+    parser.add_argument(
+        "--step",
+        type=int,
+        metavar="N",
+        help="the checkpoint to restore (default: the newest)",
+    )
+
+
 def run_command(prog: str, main: Callable[[Sequence[str] | None], int]) -> Callable[..., int]:
-    """Wrap ``main`` so usage and data errors print one line and return :data:`EXIT_USAGE`."""
+    """Wrap ``main`` so input errors print one line and return :data:`EXIT_USAGE`.
+
+    Input errors are bad flags (:class:`UsageError`), data that cannot be found or read
+    (:class:`DataError`) and checkpoints that cannot be restored (:class:`CheckpointError`).
+    """
 
     def wrapped(argv: Sequence[str] | None = None) -> int:
         try:
             return main(argv)
-        except (UsageError, DataError) as error:
+        except (UsageError, DataError, CheckpointError) as error:
             print(f"{prog}: error: {error}", file=sys.stderr)
             return EXIT_USAGE
 

@@ -40,6 +40,8 @@ class TrainConfig:
     log_every: int = 100
     max_steps: int | None = None
     eval_batch_size: int = 1000
+    checkpoint_every: int | None = None
+    keep: int = 3
 
     def validate(self) -> TrainConfig:
         """Return ``self`` if every field is usable.
@@ -61,6 +63,12 @@ class TrainConfig:
             (self.log_every > 0, "--log-every", "must be a positive integer"),
             (self.max_steps is None or self.max_steps >= 0, "--max-steps", "must be 0 or more"),
             (self.eval_batch_size > 0, "--eval-batch-size", "must be a positive integer"),
+            (
+                self.checkpoint_every is None or self.checkpoint_every > 0,
+                "--checkpoint-every",
+                "must be a positive integer",
+            ),
+            (self.keep > 0, "--keep", "must be a positive integer"),
         ]
         for ok, flag, problem in checks:
             if not ok:
@@ -71,3 +79,25 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a JSON-ready dict."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Return the config that :meth:`to_dict` wrote (unknown keys are ignored)."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in names})
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Return ``flag: mine -> other's`` for each hyperparameter that differs.
+
+        Only the fields that change what a resumed run computes count; the length of the
+        run (epochs, max steps), logging and checkpointing may change between runs.
+        """
+        return [
+            f"--{name.replace('_', '-')}: {getattr(self, name)!r} -> {getattr(other, name)!r}"
+            for name in HYPERPARAMETERS
+            if getattr(self, name) != getattr(other, name)
+        ]
+
+
+#: The fields a resumed run must share with the run it continues.
+HYPERPARAMETERS = ("model", "dataset", "batch_size", "learning_rate", "seed")

@@ -13,10 +13,8 @@ prepared as ``tfrecord`` is read with TensorFlow instead.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
-import logging
 import os
 import socket
 import tempfile
@@ -25,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from jaxcnn.quiet import absl_errors_only
 
 #: Environment variable naming a folder of the original ``.gz`` files (tfds's manual_dir).
 MANUAL_DIR_ENV = "JAXCNN_MANUAL_DIR"
@@ -51,6 +51,7 @@ class DatasetSpec:
     files: tuple[str, ...]
     url: str
     class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int] = (28, 28, 1)
 
     @property
     def num_classes(self) -> int:
@@ -138,18 +139,6 @@ def download_host_reachable(url: str, timeout: float = 5.0) -> bool:
 # ----------------------------------------------------------------------------- reading
 
 
-@contextlib.contextmanager
-def _absl_errors_only() -> Iterator[None]:
-    """Silence absl's warnings (tfds logs through absl) for the duration of the block."""
-    absl_logger = logging.getLogger("absl")
-    previous = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        absl_logger.setLevel(previous)
-
-
 def _prepare(spec: DatasetSpec, data_dir: str | None, manual_dir: str | None):  # -> DatasetBuilder
     """Return a prepared tfds builder for ``spec``, preparing it first if needed.
 
@@ -158,7 +147,7 @@ def _prepare(spec: DatasetSpec, data_dir: str | None, manual_dir: str | None):  
     """
     import tensorflow_datasets as tfds
 
-    with _absl_errors_only():  # tfds warns about the folders of a dataset not yet prepared
+    with absl_errors_only():  # tfds warns about the folders of a dataset not yet prepared
         builder = tfds.builder(spec.name, data_dir=data_dir)
         if builder.is_prepared():
             return builder
@@ -208,13 +197,19 @@ def _read_split(builder, split: str) -> Split:  # builder: tfds DatasetBuilder
     return Split(images=images.astype(np.uint8), labels=labels.astype(np.int32))
 
 
-def load_dataset(name: str, data_dir: str | None, manual_dir: str | None) -> dict[str, Split]:
-    """Return the ``train`` and ``test`` splits of dataset ``name`` in memory.
+def load_dataset(
+    name: str,
+    data_dir: str | None,
+    manual_dir: str | None,
+    splits: tuple[str, ...] = ("train", "test"),
+) -> dict[str, Split]:
+    """Return the ``splits`` of dataset ``name`` in memory.
 
     Args:
         name: a key of :data:`DATASETS`.
         data_dir: tfds data dir, or None for tfds's default.
         manual_dir: folder of the original files, used when the dataset is not prepared.
+        splits: which splits to read.
 
     Raises:
         DataError: the folders are wrong, or the data cannot be prepared or read.
@@ -226,7 +221,7 @@ def load_dataset(name: str, data_dir: str | None, manual_dir: str | None) -> dic
     check_locations(spec, data_dir, manual_dir)
     builder = _prepare(spec, data_dir, manual_dir)
     try:
-        return {split: _read_split(builder, split) for split in ("train", "test")}
+        return {split: _read_split(builder, split) for split in splits}
     except Exception as error:
         raise DataError(
             f"could not read {name} from {builder.data_dir}: {type(error).__name__}: {error}"

@@ -1,8 +1,9 @@
 """The host-side loops: compile the steps, run the epochs, evaluate a split.
 
 The loop is thin on purpose: it draws each epoch's order, feeds fixed-shape batches to
-the compiled step and reads values back from the device only at log points, so the
-host never waits for the device in between.
+the compiled step and reads values back from the device only at sync points (log
+lines, checkpoints, a stop request, the end), so the host never waits for the device
+in between. It can start anywhere in the data order, which is what resuming needs.
 """
 
 from __future__ import annotations
@@ -15,10 +16,19 @@ import jax
 import numpy as np
 
 from jaxcnn import data, steps
+from jaxcnn.checkpoint import Position
 from jaxcnn.config import TrainConfig
 
 TrainFn = Callable[[steps.TrainState, steps.Batch], tuple[steps.TrainState, steps.Metrics]]
 EvalFn = Callable[[steps.TrainState, steps.Batch], steps.Metrics]
+
+
+class NonFiniteError(Exception):
+    """The loss or a gradient became NaN or Inf; the message says at which step and where."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +61,33 @@ class LogRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class Hooks:
+    """What the loop calls out to.
+
+    Attributes:
+        on_log: called at every log point with the log line's values.
+        on_checkpoint: called when a checkpoint is due, with the state, the position
+            after it and the test evaluation of that state.
+        stop_requested: polled after every step (host only); True ends the loop after
+            a checkpoint.
+    """
+
+    on_log: Callable[[LogRecord], None]
+    on_checkpoint: Callable[[steps.TrainState, Position, EvalResult], None]
+    stop_requested: Callable[[], bool] = lambda: False
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainResult:
-    """What a finished training loop reports."""
+    """What a training loop reports when it ends, finished or stopped."""
 
     state: steps.TrainState
     steps: int
     epochs: float
+    position: Position
     train_seconds: float
     test: EvalResult
+    stopped: bool
 
 
 def compile_steps(
@@ -66,13 +95,19 @@ def compile_steps(
 ) -> tuple[TrainFn, EvalFn, float]:
     """Compile ``train_step`` (state buffers donated) and ``eval_step`` ahead of time.
 
+    Under ``jax_debug_nans`` the jitted functions are returned instead, since the
+    checks that find the failing operation work on those.
+
     Returns:
         The two compiled functions and the seconds spent compiling them.
-
     """
     start = time.perf_counter()
-    train_fn = jax.jit(steps.train_step, donate_argnums=0).lower(state, train_batch).compile()
-    eval_fn = jax.jit(steps.eval_step).lower(state, eval_batch).compile()
+    train_jit = jax.jit(steps.train_step, donate_argnums=0)
+    eval_jit = jax.jit(steps.eval_step)
+    if jax.config.jax_debug_nans:
+        return train_jit, eval_jit, 0.0
+    train_fn = train_jit.lower(state, train_batch).compile()
+    eval_fn = eval_jit.lower(state, eval_batch).compile()
     return train_fn, eval_fn, time.perf_counter() - start
 
 
@@ -93,43 +128,84 @@ def total_steps(config: TrainConfig, num_train: int) -> int:
     return planned if config.max_steps is None else min(planned, config.max_steps)
 
 
+def batch_of_step(config: TrainConfig, split: data.Split, step: int) -> steps.Batch:
+    """Return the batch that step number ``step`` (counting from 1) trains on."""
+    per_epoch = data.steps_per_epoch(len(split), config.batch_size)
+    epoch, index = divmod(step - 1, per_epoch)
+    order = data.epoch_permutation(config.seed, epoch, len(split))
+    indices, mask = list(data.batch_indices(order, config.batch_size))[index]
+    return data.make_batch(split, indices, mask)
+
+
+def describe_nonfinite(state: steps.TrainState, batch: steps.Batch) -> str:
+    """Say which of the loss and the gradient leaves are not finite for ``batch``."""
+    (loss, _), grads = jax.value_and_grad(steps.loss_fn, has_aux=True)(state.params, state, batch)
+    bad = [
+        jax.tree_util.keystr(path, simple=True, separator="/")
+        for path, leaf in jax.tree_util.tree_leaves_with_path(grads)
+        if not np.all(np.isfinite(leaf))
+    ]
+    return f"loss {float(loss)}; non-finite gradient leaves: {', '.join(bad) or 'none'}"
+
+
 def train(
     config: TrainConfig,
     splits: dict[str, data.Split],
     state: steps.TrainState,
+    position: Position,
     train_fn: TrainFn,
     eval_fn: EvalFn,
-    on_log: Callable[[LogRecord], None],
+    hooks: Hooks,
 ) -> TrainResult:
-    """Run the epochs of ``config`` from ``state``, calling ``on_log`` at every log point.
+    """Run ``config``'s epochs from ``state`` at ``position`` until done or asked to stop.
 
     A log point is every ``config.log_every``-th batch of an epoch, counting from 0 as
-    the seed does; each one evaluates the whole test set.
+    the seed does; each evaluates the whole test set. A checkpoint is due every
+    ``config.checkpoint_every`` steps (default: at each epoch's end), when training
+    ends, and when a stop is requested.
+
+    Raises:
+        NonFiniteError: a step's loss or gradient was not finite; the state was frozen
+            before that step, and no checkpoint is written of it.
     """
     train_split = splits["train"]
     test_batches = data.fixed_batches(splits["test"], config.eval_batch_size)
+    per_epoch = data.steps_per_epoch(len(train_split), config.batch_size)
+    checkpoint_every = config.checkpoint_every or per_epoch
     steps_to_take = total_steps(config, len(train_split))
-    taken = 0
+    taken = position.epoch * per_epoch + position.batch
+    correct, count = position.correct, position.count
+    stopped = False
     start = time.perf_counter()
-    for epoch in range(config.epochs):
-        if taken >= steps_to_take:
+    for epoch in range(position.epoch, config.epochs):
+        if taken >= steps_to_take or stopped:
             break
         order = data.epoch_permutation(config.seed, epoch, len(train_split))
+        first = position.batch if epoch == position.epoch else 0
+        if epoch != position.epoch:
+            correct = count = 0
         pending: list[steps.Metrics] = []  # device values not read back yet
-        correct = count = 0
-        for batch_index, (indices, mask) in enumerate(data.batch_indices(order, config.batch_size)):
+        batches = list(data.batch_indices(order, config.batch_size))
+        for batch_index in range(first, per_epoch):
             if taken >= steps_to_take:
                 break
+            indices, mask = batches[batch_index]
             state, metrics = train_fn(state, data.make_batch(train_split, indices, mask))
             pending.append(metrics)
             taken += 1
-            if batch_index % config.log_every == 0:
-                fetched = jax.device_get(pending)  # the only host sync of the loop
-                pending.clear()
-                correct += int(sum(m["correct"] for m in fetched))
-                count += int(sum(m["count"] for m in fetched))
-                test = evaluate(eval_fn, state, test_batches)
-                on_log(
+            log_due = batch_index % config.log_every == 0
+            stopped = hooks.stop_requested()
+            checkpoint_due = stopped or taken % checkpoint_every == 0 or taken == steps_to_take
+            if not (log_due or checkpoint_due):
+                continue
+            fetched = jax.device_get(pending)  # the loop's only host syncs are here
+            pending.clear()
+            _raise_if_nonfinite(config, train_split, state)
+            correct += int(sum(m["correct"] for m in fetched))
+            count += int(sum(m["count"] for m in fetched))
+            test = evaluate(eval_fn, state, test_batches)
+            if log_due:
+                hooks.on_log(
                     LogRecord(
                         step=taken,
                         epoch=epoch,
@@ -141,15 +217,52 @@ def train(
                         test_loss=test.loss,
                     )
                 )
+            if checkpoint_due:
+                after = _position_after(config.seed, epoch, batch_index, per_epoch, correct, count)
+                hooks.on_checkpoint(state, after, test)
+            if stopped:
+                break
     state = jax.block_until_ready(state)
     train_seconds = time.perf_counter() - start
-    steps_in_epoch = data.steps_per_epoch(len(train_split), config.batch_size)
+    _raise_if_nonfinite(config, train_split, state)
     return TrainResult(
         state=state,
         steps=taken,
-        epochs=taken / steps_in_epoch,
+        epochs=taken / per_epoch,
+        position=_position_of_step(config.seed, taken, per_epoch),
         train_seconds=train_seconds,
         test=evaluate(eval_fn, state, test_batches),
+        stopped=stopped,
+    )
+
+
+def _position_after(
+    seed: int, epoch: int, batch_index: int, per_epoch: int, correct: int, count: int
+) -> Position:
+    """Return the position after training batch ``batch_index`` of ``epoch``."""
+    if batch_index + 1 == per_epoch:
+        return Position(epoch=epoch + 1, batch=0, seed=seed)
+    return Position(epoch=epoch, batch=batch_index + 1, seed=seed, correct=correct, count=count)
+
+
+def _position_of_step(seed: int, taken: int, per_epoch: int) -> Position:
+    """Return the epoch and batch after ``taken`` steps (running counts not included)."""
+    epoch, batch = divmod(taken, per_epoch)
+    return Position(epoch=epoch, batch=batch, seed=seed)
+
+
+def _raise_if_nonfinite(config: TrainConfig, split: data.Split, state: steps.TrainState) -> None:
+    """Raise :class:`NonFiniteError` if a step of ``state`` went non-finite."""
+    bad_step = int(state.nonfinite_step)
+    if bad_step == 0:
+        return
+    per_epoch = data.steps_per_epoch(len(split), config.batch_size)
+    epoch, index = divmod(bad_step - 1, per_epoch)
+    details = describe_nonfinite(state, batch_of_step(config, split, bad_step))
+    raise NonFiniteError(
+        f"the loss or gradient is not finite at step {bad_step} (epoch {epoch}, batch "
+        f"{index}): {details}",
+        step=bad_step,
     )
 
 

@@ -43,6 +43,9 @@ class TrainState:
         model_state: the model's other variable collections (for example BatchNorm's
             ``batch_stats``); empty for the seed's CNN.
         opt_state: the optimizer's state (Adam's moments and step count).
+        nonfinite_step: 0 while every step's loss and gradient were finite; else the
+            step (counting from 1) at which one was not. From that step on the state is
+            frozen: :func:`train_step` leaves it as it was before the bad step.
         apply_fn: the model's ``apply`` (static, not a leaf).
         tx: the optax optimizer (static, not a leaf).
 
@@ -52,6 +55,7 @@ class TrainState:
     params: PyTree
     model_state: PyTree
     opt_state: optax.OptState
+    nonfinite_step: jax.Array
     apply_fn: Callable[..., Any] = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
@@ -79,6 +83,7 @@ def create_train_state(
         params=params,
         model_state=model_state,
         opt_state=tx.init(params),
+        nonfinite_step=jnp.zeros((), jnp.int32),
         apply_fn=model.apply,
         tx=tx,
     )
@@ -123,13 +128,21 @@ def loss_fn(
     return loss, (logits, new_model_state)
 
 
+def tree_all_finite(tree: PyTree) -> jax.Array:
+    """Return a scalar bool: whether every element of every leaf of ``tree`` is finite."""
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     """Take one optimizer step on ``batch``; pure, meant to be ``jax.jit``-compiled.
+
+    If the loss or any gradient is not finite, or an earlier step's was not, the step
+    changes nothing but ``nonfinite_step``, so the host can stop at the first bad step
+    without waiting on the device after every step.
 
     Returns:
         The new state and metrics: ``loss`` (mean over real examples), ``correct`` and
         ``count`` (sums over real examples).
-
     """
     # PyTorch: output = net(data); loss = criterion(output, target); loss.backward()
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -137,8 +150,15 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     # PyTorch: optimizer.step() -- computed, not applied in place; no zero_grad() needed.
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(
+    stepped = state.replace(
         step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
+    )
+    finite = jnp.isfinite(loss) & tree_all_finite(grads)
+    healthy = finite & (state.nonfinite_step == 0)
+    new_state = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), stepped, state)
+    first_bad = (state.nonfinite_step == 0) & ~finite
+    new_state = new_state.replace(
+        nonfinite_step=jnp.where(first_bad, state.step + 1, state.nonfinite_step)
     )
     metrics = {
         "loss": loss,
@@ -148,19 +168,21 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     return new_state, metrics
 
 
+def predict_logits(state: TrainState, images: jax.Array) -> jax.Array:
+    """Return the model's logits for uint8 NHWC ``images``, in inference mode."""
+    return state.apply_fn(
+        {"params": state.params, **state.model_state}, to_float_images(images), train=False
+    )
+
+
 def eval_step(state: TrainState, batch: Batch) -> Metrics:
     """Evaluate ``batch`` in inference mode; pure, meant to be ``jax.jit``-compiled.
 
     Returns:
         Sums over the real examples: ``loss_sum``, ``correct`` and ``count``, so that
         batches add up to exact totals over a split.
-
     """
-    logits = state.apply_fn(
-        {"params": state.params, **state.model_state},
-        to_float_images(batch["image"]),
-        train=False,
-    )
+    logits = predict_logits(state, batch["image"])
     per_example = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     return {
         "loss_sum": jnp.sum(per_example * batch["mask"]),

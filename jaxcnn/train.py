@@ -1,29 +1,35 @@
 """``python -m jaxcnn.train``: the seed tutorial's training job.
 
 Trains the seed's CNN on MNIST with its settings (3 epochs, batch 64, Adam 1e-3),
-printing the seed's log line every 100 batches, and writes ``metrics.jsonl`` and
-``summary.json`` to the work dir.
+printing the seed's log line every 100 batches, and writes ``metrics.jsonl``,
+checkpoints and, at the end, ``summary.json`` to the work dir. Run again with the same
+work dir, it continues from the newest checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime
-import json
+import shlex
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import optax
 
-from jaxcnn import data, loop, models, steps
+from jaxcnn import data, loop, models, workdir
+from jaxcnn.checkpoint import CHECKPOINT_DIR, Checkpoints, Position, tree_sha256
 from jaxcnn.cli import ArgumentParser, add_data_flags, run_command
 from jaxcnn.config import TrainConfig, UsageError
 
 PROG = "python -m jaxcnn.train"
 DEFAULTS = TrainConfig()
+#: Exit code when the loss or a gradient stops being finite.
+EXIT_NONFINITE = 3
 
 
 def build_parser() -> ArgumentParser:
@@ -93,7 +99,34 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--workdir",
         metavar="DIR",
-        help="folder for metrics.jsonl and summary.json (default: a new folder under ./runs/)",
+        help="folder for config.json, metrics.jsonl, checkpoints/ and summary.json (default: "
+        "a new folder under ./runs/); if it holds a run, training continues from its newest "
+        "checkpoint",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="STEPS",
+        help="steps between checkpoints (default: one at the end of every epoch); one is "
+        "also written when training ends or is interrupted",
+    )
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=DEFAULTS.keep,
+        help="newest checkpoints to keep; the best by test accuracy is kept besides "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--override",
+        action="store_true",
+        help="resume even if the model, dataset, batch size, learning rate or seed differ "
+        "from the saved run's (the old config is kept beside the new one)",
+    )
+    parser.add_argument(
+        "--debug-nans",
+        action="store_true",
+        help="turn on jax_debug_nans, so a NaN stops at the operation that made it (slow)",
     )
     return parser
 
@@ -110,33 +143,68 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         log_every=args.log_every,
         max_steps=args.max_steps,
         eval_batch_size=args.eval_batch_size,
+        checkpoint_every=args.checkpoint_every,
+        keep=args.keep,
     ).validate()
 
 
-def check_workdir(workdir: str | None) -> None:
-    """Refuse a ``--workdir`` that is a file or already holds a run's outputs.
+def inspect_workdir(path: Path | None, config: TrainConfig, override: bool) -> TrainConfig | None:
+    """Return the config of the run already in ``path`` (None if there is none).
 
     Raises:
-        UsageError: naming the folder and the problem.
-
+        UsageError: ``path`` is a file, holds run files but no config, or holds a run
+            whose hyperparameters differ from ``config`` (unless ``override``).
     """
-    if workdir is None:
-        return
-    path = Path(workdir)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--workdir {workdir!r} exists and is not a folder")
-    taken = [name for name in ("metrics.jsonl", "summary.json") if (path / name).exists()]
-    if taken:
+    if path is None or not path.exists():
+        return None
+    if not path.is_dir():
+        raise UsageError(f"--workdir {str(path)!r} exists and is not a folder")
+    saved = workdir.read_config(path)
+    if saved is None:
+        taken = [
+            name
+            for name in (workdir.METRICS, workdir.SUMMARY, CHECKPOINT_DIR)
+            if (path / name).exists()
+        ]
+        if taken:
+            raise UsageError(
+                f"--workdir {str(path)!r} holds {', '.join(taken)} but no {workdir.CONFIG}; "
+                "choose a new folder so nothing is overwritten"
+            )
+        return None
+    differences = saved.differences(config)
+    if differences and not override:
         raise UsageError(
-            f"--workdir {workdir!r} already holds a run ({', '.join(taken)}); "
-            "choose a new folder so nothing is overwritten"
+            f"--workdir {str(path)!r} holds a run with other hyperparameters ("
+            + "; ".join(differences)
+            + "); use the saved ones, a new --workdir, or --override"
         )
+    return saved
 
 
-def create_workdir(workdir: str | None, config: TrainConfig) -> Path:
-    """Create and return the work dir: ``workdir``, else a new ``runs/<time>-<dataset>-<model>``."""
-    if workdir is not None:
-        path = Path(workdir)
+def restore_latest(path: Path | None, config: TrainConfig) -> tuple[Any, Position, int] | None:
+    """Return ``(state, position, step)`` of the newest checkpoint in ``path``, if any."""
+    if path is None or not (path / CHECKPOINT_DIR).is_dir():
+        return None
+    checkpoints = Checkpoints(path, read_only=True)
+    try:
+        step = checkpoints.latest_step()
+        if step is None:
+            return None
+        state, position = checkpoints.restore(step, like=workdir.new_state(config))
+    finally:
+        checkpoints.close()
+    if position.seed != config.seed:
+        raise UsageError(
+            f"checkpoint step {step} in {path} was written with --seed {position.seed}; "
+            "its data order cannot continue under another seed"
+        )
+    return state, position, step
+
+
+def create_workdir(path: Path | None, config: TrainConfig) -> Path:
+    """Create and return the work dir: ``path``, else a new ``runs/<time>-<dataset>-<model>``."""
+    if path is not None:
         path.mkdir(parents=True, exist_ok=True)
         return path
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -146,6 +214,13 @@ def create_workdir(workdir: str | None, config: TrainConfig) -> Path:
         path, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
     path.mkdir(parents=True)
     return path
+
+
+def save_config(path: Path, config: TrainConfig, saved: TrainConfig | None, step: int) -> None:
+    """Write ``config.json``; a different saved config is kept as ``config-before-step-N.json``."""
+    if saved is not None and saved != config:
+        workdir.write_json(path / f"config-before-step-{step}.json", saved.to_dict())
+    workdir.write_json(path / workdir.CONFIG, config.to_dict())
 
 
 def format_log_line(record: loop.LogRecord, num_train: int, steps_in_epoch: int) -> str:
@@ -159,39 +234,83 @@ def format_log_line(record: loop.LogRecord, num_train: int, steps_in_epoch: int)
     )
 
 
-def write_json(path: Path, value: dict[str, Any]) -> None:
-    """Write ``value`` as indented JSON to ``path``, via a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
+class StopRequest:
+    """Set by SIGINT or SIGTERM; the training loop polls it after every step.
+
+    A second signal while a stop is pending raises ``KeyboardInterrupt`` at once.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        """Return whether a stop was requested."""
+        return self.signum is not None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        """Signal handler: remember the first signal; a second one aborts."""
+        del frame
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
 
 
-def train_and_evaluate(
-    config: TrainConfig, splits: dict[str, data.Split], workdir: Path
-) -> dict[str, Any]:
-    """Train as ``config`` says, log to stdout and ``workdir``, and return the summary."""
-    spec = data.DATASETS[config.dataset]
-    model = models.create_model(config.model, spec.num_classes)
-    state = steps.create_train_state(
-        model,
-        optax.adam(config.learning_rate),
-        jax.random.key(config.seed),
-        splits["train"].images.shape[1:],
-    )
+@contextlib.contextmanager
+def stop_on_signals(request: StopRequest) -> Iterator[None]:
+    """Route SIGINT and SIGTERM to ``request`` inside the block."""
+    previous = {sig: signal.signal(sig, request.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def resume_command(argv: Sequence[str], path: Path, workdir_given: bool) -> str:
+    """Return the command line that continues this run."""
+    words = [*argv] if workdir_given else [*argv, "--workdir", str(path)]
+    return " ".join([PROG, *map(shlex.quote, words)])
+
+
+def run_training(
+    config: TrainConfig,
+    splits: dict[str, data.Split],
+    path: Path,
+    start: tuple[Any, Position, int] | None,
+    stop: StopRequest,
+) -> loop.TrainResult:
+    """Train from ``start`` (or from scratch), logging and checkpointing into ``path``."""
+    state, position = (start[0], start[1]) if start else (workdir.new_state(config), None)
+    position = position or Position(epoch=0, batch=0, seed=config.seed)
     train_fn, eval_fn, compile_seconds = loop.compile_steps(
         state, *loop.example_batches(config, splits)
     )
     print(f"compiled train and eval steps in {compile_seconds:.2f} s", flush=True)
     num_train = len(splits["train"])
     steps_in_epoch = data.steps_per_epoch(num_train, config.batch_size)
-    metrics_path = workdir / "metrics.jsonl"
+    checkpoints = Checkpoints(path, keep=config.keep)
 
     def on_log(record: loop.LogRecord) -> None:
         print(format_log_line(record, num_train, steps_in_epoch), flush=True)
-        with metrics_path.open("a") as metrics_file:
-            metrics_file.write(json.dumps(record.__dict__) + "\n")
+        workdir.append_metrics(path, dataclasses.asdict(record))
 
-    result = loop.train(config, splits, state, train_fn, eval_fn, on_log)
+    def on_checkpoint(state: Any, after: Position, test: loop.EvalResult) -> None:
+        checkpoints.save(state, after, test.accuracy)
+
+    hooks = loop.Hooks(on_log=on_log, on_checkpoint=on_checkpoint, stop_requested=stop)
+    try:
+        result = loop.train(config, splits, state, position, train_fn, eval_fn, hooks)
+    finally:
+        checkpoints.close()
+    if not result.stopped:
+        write_summary(path, config, result, compile_seconds)
+    return result
+
+
+def write_summary(
+    path: Path, config: TrainConfig, result: loop.TrainResult, compile_seconds: float
+) -> None:
+    """Write ``summary.json`` and print the closing line."""
     summary = {
         "test_accuracy": result.test.accuracy,
         "test_loss": result.test.loss,
@@ -201,30 +320,76 @@ def train_and_evaluate(
         "compile_seconds": compile_seconds,
         "backend": jax.default_backend(),
         "devices": [str(device) for device in jax.devices()],
+        "params_sha256": tree_sha256(result.state.params),
         "config": config.to_dict(),
     }
-    write_json(workdir / "summary.json", summary)
+    workdir.write_json(path / workdir.SUMMARY, summary)
     print(
         f"done: {result.steps} steps, test accuracy {100 * result.test.accuracy:.2f}%, "
         f"test loss {result.test.loss:.4f}, {result.train_seconds:.1f} s training; "
-        f"wrote {workdir}",
+        f"wrote {path}",
         flush=True,
     )
-    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the training job; return the process exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
-    check_workdir(args.workdir)
-    data_dir = data.resolve_data_dir(args.data_dir)
-    manual_dir = data.resolve_manual_dir(args.manual_dir)
+    if args.debug_nans:
+        jax.config.update("jax_debug_nans", True)
+    requested = Path(args.workdir) if args.workdir else None
+    saved = inspect_workdir(requested, config, args.override)
     print(f"backend: {jax.default_backend()}, devices: {jax.devices()}", flush=True)
-    splits = data.load_dataset(config.dataset, data_dir, manual_dir)
-    workdir = create_workdir(args.workdir, config)
-    write_json(workdir / "config.json", config.to_dict())
-    train_and_evaluate(config, splits, workdir)
+    start = restore_latest(requested, config)
+    if start:
+        step, where = start[2], start[1]
+        print(
+            f"resuming from the checkpoint at step {step} (epoch {where.epoch}, batch "
+            f"{where.batch}) in {requested / CHECKPOINT_DIR}",
+            flush=True,
+        )
+    elif saved is not None:
+        print(f"no checkpoint in {requested} yet: starting from step 0", flush=True)
+    splits = data.load_dataset(
+        config.dataset,
+        data.resolve_data_dir(args.data_dir),
+        data.resolve_manual_dir(args.manual_dir),
+    )
+    path = create_workdir(requested, config)
+    resumed_step = start[2] if start else 0
+    save_config(path, config, saved, resumed_step)
+    workdir.truncate_metrics(path, resumed_step)
+    stop = StopRequest()
+    try:
+        with stop_on_signals(stop):
+            result = run_training(config, splits, path, start, stop)
+    except loop.NonFiniteError as error:
+        steps_kept = Checkpoints(path, read_only=True).steps()
+        kept = (
+            f"the last good checkpoint is step {steps_kept[-1]}"
+            if steps_kept
+            else "no checkpoint was written before it"
+        )
+        print(
+            f"{PROG}: error: {error}; {kept} in {path / CHECKPOINT_DIR}; rerun with "
+            "--debug-nans to find the operation",
+            file=sys.stderr,
+        )
+        return EXIT_NONFINITE
+    except FloatingPointError as error:  # raised under --debug-nans
+        print(f"{PROG}: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return EXIT_NONFINITE
+    if result.stopped:
+        name = signal.Signals(stop.signum).name
+        print(
+            f"stopped by {name} after step {result.steps} (epoch {result.position.epoch}, "
+            f"batch {result.position.batch}); checkpoint saved in {path / CHECKPOINT_DIR}. "
+            f"Resume with: {resume_command(argv, path, requested is not None)}",
+            flush=True,
+        )
+        return 128 + stop.signum
     return 0
 
 

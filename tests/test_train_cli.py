@@ -121,7 +121,9 @@ def test_no_network_and_no_data_says_how_to_run_offline(tmp_path, monkeypatch, c
     assert not workdir.exists()
 
 
-def test_workdir_holding_a_run_is_refused_and_left_alone(data_dir, tmp_path, capsys):
+def test_workdir_holding_run_files_without_a_config_is_refused_and_left_alone(
+    data_dir, tmp_path, capsys
+):
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "metrics.jsonl").write_text('{"step": 1}\n')

@@ -1,0 +1,195 @@
+"""Checkpoints: the one module that knows the Orbax API.
+
+A checkpoint is a step folder under ``<workdir>/checkpoints`` with two items:
+
+- ``state``: the training state's arrays, ``{"step", "params", "model_state",
+  "opt_state"}``, written with Orbax's ``StandardSave`` and restored against an
+  abstract state (shapes and dtypes only), so a checkpoint of another model or other
+  shapes is refused rather than half-loaded;
+- ``position``: JSON saying where the run stands in its data order (see
+  :class:`Position`), so that training continues with exactly the next batch, and a
+  SHA-256 of the state's arrays, checked on restore, so that a corrupted file is
+  refused rather than silently loaded.
+
+Saves are synchronous; Orbax writes each one to a temporary folder and renames it when
+complete, so a process killed mid-save leaves the earlier checkpoints as they were.
+Retention keeps the newest ``keep`` checkpoints plus the one with the best test accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxcnn.quiet import absl_errors_only
+from jaxcnn.steps import TrainState
+
+#: The folder of a work dir that holds the checkpoints.
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, incomplete, corrupted or of another model; says which."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where a run stands in its data order, after its last step.
+
+    Attributes:
+        epoch: the epoch the next step belongs to.
+        batch: index within that epoch's order of the next batch to train on.
+        seed: the seed of the run's permutations (they depend on seed and epoch only).
+        correct: correctly classified training examples so far in this epoch.
+        count: training examples seen so far in this epoch (for the running accuracy).
+    """
+
+    epoch: int
+    batch: int
+    seed: int
+    correct: int = 0
+    count: int = 0
+
+
+def tree_sha256(tree: Any) -> str:
+    """Return a SHA-256 of a pytree's arrays: each leaf's path, then its bytes, in tree order."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(tree)):
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def _state_tree(state: TrainState) -> dict[str, Any]:
+    """Return the arrays of ``state`` as the dict that is saved."""
+    return {
+        "step": state.step,
+        "params": state.params,
+        "model_state": state.model_state,
+        "opt_state": state.opt_state,
+    }
+
+
+class Checkpoints:
+    """The checkpoints of one work dir: save, list and restore.
+
+    Args:
+        workdir: the run's work dir; checkpoints live in ``workdir/checkpoints``.
+        keep: how many of the newest checkpoints to keep (the best one is kept besides).
+        read_only: open for restoring only: create, save and delete nothing.
+    """
+
+    def __init__(self, workdir: str | Path, keep: int = 3, read_only: bool = False) -> None:
+        self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+            [
+                ocp.checkpoint_managers.LatestN(n=keep),
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=lambda metrics: metrics["test_accuracy"],
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                ),
+            ]
+        )
+        with absl_errors_only():  # Orbax warns that a read-only manager will not save
+            options = ocp.CheckpointManagerOptions(
+                preservation_policy=None if read_only else policy,
+                enable_async_checkpointing=False,
+                read_only=read_only,
+                create=not read_only,
+                cleanup_tmp_directories=not read_only,  # left by a process killed mid-save
+            )
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def steps(self) -> list[int]:
+        """Return the steps of the complete checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """Return the newest complete checkpoint's step, or None if there is none."""
+        return self._manager.latest_step()
+
+    def save(self, state: TrainState, position: Position, test_accuracy: float) -> None:
+        """Write a checkpoint of ``state`` at ``position``, then apply the retention rule."""
+        tree = _state_tree(state)
+        record = {**dataclasses.asdict(position), "state_sha256": tree_sha256(tree)}
+        self._manager.save(
+            int(state.step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(tree),
+                position=ocp.args.JsonSave(record),
+            ),
+            metrics={"test_accuracy": float(test_accuracy)},
+            force=True,
+        )
+
+    def restore(self, step: int, like: TrainState) -> tuple[TrainState, Position]:
+        """Return the state and position saved at ``step``, shaped and typed like ``like``.
+
+        Raises:
+            CheckpointError: no complete checkpoint at ``step``, or it cannot be read as
+                a state of ``like``'s structure, shapes and dtypes.
+        """
+        available = self.steps()
+        if step not in available:
+            listing = ", ".join(map(str, available)) or "none"
+            raise CheckpointError(
+                f"no checkpoint at step {step} in {self.directory} (available: {listing})"
+            )
+        abstract = jax.eval_shape(lambda: _state_tree(like))
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract),
+                    position=ocp.args.JsonRestore(),
+                ),
+            )
+            record = dict(restored["position"])
+            expected_sha256 = record.pop("state_sha256")
+            position = Position(**record)
+            tree = restored["state"]
+            _check_like(tree, abstract)
+            if tree_sha256(tree) != expected_sha256:
+                raise ValueError("its arrays do not match the SHA-256 saved with them")
+        except Exception as error:  # Orbax and tensorstore raise many kinds.
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} cannot be restored: {_one_line(error)}"
+            ) from error
+        state = like.replace(
+            step=tree["step"],
+            params=tree["params"],
+            model_state=tree["model_state"],
+            opt_state=tree["opt_state"],
+        )
+        return state, position
+
+    def close(self) -> None:
+        """Wait for pending work and release the manager."""
+        self._manager.close()
+
+
+def _check_like(tree: Any, abstract: Any) -> None:
+    """Raise ValueError unless ``tree`` has ``abstract``'s structure, shapes and dtypes."""
+    if jax.tree.structure(tree) != jax.tree.structure(abstract):
+        raise ValueError("its tree structure differs from this model's")
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    for (path, leaf), want in zip(leaves, jax.tree.leaves(abstract), strict=True):
+        if leaf.shape != want.shape or leaf.dtype != want.dtype:
+            raise ValueError(
+                f"{jax.tree_util.keystr(path)} is {leaf.dtype}{list(leaf.shape)}, "
+                f"this model needs {want.dtype}{list(want.shape)}"
+            )
+
+
+def _one_line(error: BaseException) -> str:
+    """Return ``error`` as one short line: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    first = lines[0] if lines else ""
+    return f"{type(error).__name__}: {first[:300]}"

@@ -1,0 +1,117 @@
+"""A run's work dir: its files, and restoring its checkpoints for later commands.
+
+Layout of a work dir::
+
+    config.json      the run's TrainConfig
+    metrics.jsonl    one JSON object per log line
+    summary.json     written when training finishes
+    checkpoints/     Orbax step folders (see jaxcnn.checkpoint)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import optax
+
+from jaxcnn import data, models, steps
+from jaxcnn.checkpoint import CHECKPOINT_DIR, CheckpointError, Checkpoints
+from jaxcnn.config import TrainConfig, UsageError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+
+
+def write_json(path: Path, value: dict[str, Any]) -> None:
+    """Write ``value`` as indented JSON to ``path``, via a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_config(workdir: Path) -> TrainConfig | None:
+    """Return the config saved in ``workdir``, or None if there is none.
+
+    Raises:
+        UsageError: ``config.json`` exists but is not a jaxcnn config.
+    """
+    path = workdir / CONFIG
+    if not path.exists():
+        return None
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"{path} is not a jaxcnn config: {error}") from error
+
+
+def append_metrics(workdir: Path, record: dict[str, Any]) -> None:
+    """Append one log record to ``metrics.jsonl``."""
+    with (workdir / METRICS).open("a") as metrics_file:
+        metrics_file.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(workdir: Path, last_step: int) -> int:
+    """Drop the records of ``metrics.jsonl`` after ``last_step``; return how many were dropped.
+
+    A run that resumes from the checkpoint at ``last_step`` logs those steps again, so
+    keeping them would duplicate steps.
+    """
+    path = workdir / METRICS
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["step"] <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+    return len(lines) - len(kept)
+
+
+def new_state(config: TrainConfig) -> steps.TrainState:
+    """Return the freshly initialised training state of ``config``."""
+    spec = data.DATASETS[config.dataset]
+    return steps.create_train_state(
+        models.create_model(config.model, spec.num_classes),
+        optax.adam(config.learning_rate),
+        jax.random.key(config.seed),
+        spec.image_shape,
+    )
+
+
+def restore_run(
+    workdir: str | Path, step: int | None = None
+) -> tuple[TrainConfig, steps.TrainState, int]:
+    """Restore a finished or interrupted run for evaluation or prediction.
+
+    Args:
+        workdir: the run's work dir.
+        step: the checkpoint to restore; None for the newest.
+
+    Returns:
+        The run's config, its state at that checkpoint, and the step restored.
+
+    Raises:
+        UsageError: the work dir is missing or holds no run or no checkpoint.
+        CheckpointError: the checkpoint does not exist, or cannot be restored.
+    """
+    path = Path(workdir)
+    if not path.is_dir():
+        raise UsageError(f"--workdir {str(workdir)!r} is not an existing folder")
+    config = read_config(path)
+    if config is None:
+        raise UsageError(f"--workdir {str(workdir)!r} holds no jaxcnn run (no {CONFIG})")
+    if not (path / CHECKPOINT_DIR).is_dir():
+        raise UsageError(f"--workdir {str(workdir)!r} holds no checkpoints yet")
+    checkpoints = Checkpoints(path, read_only=True)
+    try:
+        chosen = checkpoints.latest_step() if step is None else step
+        if chosen is None:
+            raise CheckpointError(f"--workdir {str(workdir)!r} holds no complete checkpoint")
+        state, _ = checkpoints.restore(chosen, like=new_state(config))
+    finally:
+        checkpoints.close()
+    return config, state, chosen

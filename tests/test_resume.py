@@ -1,0 +1,213 @@
+"""Interrupted runs resume exactly: SIGTERM, SIGINT, SIGKILL (also mid-save), NaN, configs.
+
+Every interrupted run is compared with one uninterrupted reference run of the same
+length: the final parameters must be bitwise identical (SHA-256 of their bytes) and
+``metrics.jsonl`` identical line for line, so no step is missing or repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from jaxcnn import train
+
+STEPS = 120
+RUN_FLAGS = ["--max-steps", str(STEPS), "--checkpoint-every", "40", "--log-every", "30"]
+HELPER = Path(__file__).parent / "helpers" / "kill_mid_save.py"
+
+
+def run_main(argv: list[str]) -> int:
+    try:
+        return train.cli_main(argv)
+    except SystemExit as stop:
+        return int(stop.code)
+
+
+def summary(workdir: Path) -> dict:
+    return json.loads((workdir / "summary.json").read_text())
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by relative path."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory) -> Path:
+    """An uninterrupted run of STEPS steps."""
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    assert run_main([*RUN_FLAGS, "--data-dir", str(data_dir), "--workdir", str(workdir)]) == 0
+    return workdir
+
+
+def start_training(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a training process whose stdout can be read line by line."""
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    threading.Timer(300, process.kill).start()  # never let a test hang
+    return process
+
+
+def read_until(process: subprocess.Popen, text: str) -> list[str]:
+    """Read stdout lines until one contains ``text``; return them."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"the run ended before printing {text!r}: {''.join(lines)}")
+
+
+def resume_and_compare(workdir: Path, data_dir: Path, reference: Path, capsys) -> str:
+    """Resume ``workdir`` in this process; check it ends as the reference did."""
+    assert run_main([*RUN_FLAGS, "--data-dir", str(data_dir), "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert summary(workdir)["params_sha256"] == summary(reference)["params_sha256"]
+    assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("signum", "after_line", "exit_code"),
+    [(signal.SIGTERM, "[1920/60000", 143), (signal.SIGINT, "[3840/60000", 130)],
+)
+def test_signal_checkpoints_and_the_resumed_run_is_bitwise_identical(
+    signum, after_line, exit_code, data_dir, reference, tmp_path, capsys
+):
+    workdir = tmp_path / "run"
+    args = [
+        "-m",
+        "jaxcnn.train",
+        *RUN_FLAGS,
+        "--data-dir",
+        str(data_dir),
+        "--workdir",
+        str(workdir),
+    ]
+    process = start_training(args)
+    read_until(process, after_line)
+    process.send_signal(signum)
+    out, err = process.communicate()
+    assert process.returncode == exit_code, err
+    assert f"stopped by {signal.Signals(signum).name} after step" in out
+    assert f"Resume with: python -m jaxcnn.train {' '.join(RUN_FLAGS)}" in out
+    stopped_at = int(out.split("after step ")[1].split()[0])
+    assert 0 < stopped_at < STEPS
+    assert (workdir / "checkpoints" / str(stopped_at)).is_dir()
+    assert not (workdir / "summary.json").exists()
+    resumed = resume_and_compare(workdir, data_dir, reference, capsys)
+    assert f"resuming from the checkpoint at step {stopped_at}" in resumed.splitlines()[1]
+
+
+@pytest.mark.parametrize(
+    ("where", "newest_left"),
+    [("before any checkpoint", None), ("after a checkpoint", 40)],
+)
+def test_sigkill_then_resume_is_bitwise_identical(
+    where, newest_left, data_dir, reference, tmp_path, capsys
+):
+    workdir = tmp_path / "run"
+    args = [
+        "-m",
+        "jaxcnn.train",
+        *RUN_FLAGS,
+        "--data-dir",
+        str(data_dir),
+        "--workdir",
+        str(workdir),
+    ]
+    process = start_training(args)
+    if newest_left is None:
+        read_until(process, "epoch 0 [0/60000")
+    else:
+        while not (workdir / "checkpoints" / str(newest_left)).is_dir():
+            assert process.poll() is None, "the run ended before its first checkpoint"
+            time.sleep(0.02)
+    process.kill()
+    process.wait()
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("[0-9]*"))
+    if newest_left is None:
+        assert steps == []
+    else:
+        assert steps[0] == newest_left and max(steps) < STEPS
+    resume_and_compare(workdir, data_dir, reference, capsys)
+
+
+@pytest.mark.parametrize("finalize_call", [5, 6])
+def test_sigkill_in_the_middle_of_a_save_leaves_the_previous_checkpoint(
+    finalize_call, data_dir, reference, tmp_path, capsys
+):
+    """Killed during the second save (step 80): step 40 stays the newest, and restorable."""
+    workdir = tmp_path / "run"
+    args = [str(HELPER), *RUN_FLAGS, "--data-dir", str(data_dir), "--workdir", str(workdir)]
+    process = start_training(args, env={"KILL_AT_FINALIZE": str(finalize_call)})
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    names = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    assert "40" in names and "80" not in names
+    assert any(name.startswith("80.orbax-checkpoint-tmp") for name in names)  # the torn save
+    resumed = resume_and_compare(workdir, data_dir, reference, capsys)
+    assert "resuming from the checkpoint at step 40" in resumed
+    assert not any(".orbax-checkpoint-tmp" in p.name for p in (workdir / "checkpoints").iterdir())
+
+
+def test_resuming_with_other_hyperparameters_is_refused_unless_overridden(
+    data_dir, reference, tmp_path, capsys
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    before = tree_digest(workdir)
+    changed = [*RUN_FLAGS, "--learning-rate", "0.01", "--seed", "5", "--batch-size", "32"]
+    base = ["--data-dir", str(data_dir), "--workdir", str(workdir)]
+    assert run_main([*changed, *base]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    for difference in (
+        "--learning-rate: 0.001 -> 0.01",
+        "--seed: 0 -> 5",
+        "--batch-size: 64 -> 32",
+    ):
+        assert difference in err
+    assert tree_digest(workdir) == before
+    override = [*RUN_FLAGS, "--learning-rate", "0.01", "--override", *base]
+    assert run_main(override) == 0
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["learning_rate"] == 0.01
+    assert (
+        json.loads((workdir / f"config-before-step-{STEPS}.json").read_text())["learning_rate"]
+        == 0.001
+    )
+
+
+def test_nan_stops_at_its_step_with_exit_3_and_keeps_the_last_good_checkpoint(
+    data_dir, tmp_path, capsys
+):
+    workdir = tmp_path / "run"
+    argv = ["--learning-rate", "1e30", "--checkpoint-every", "1", "--max-steps", "50"]
+    assert run_main([*argv, "--data-dir", str(data_dir), "--workdir", str(workdir)]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "not finite at step 2 (epoch 0, batch 1)" in err
+    assert "conv1/conv/kernel" in err and "last good checkpoint is step 1" in err
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1"]
+    assert not (workdir / "summary.json").exists()
