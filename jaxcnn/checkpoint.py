@@ -13,6 +13,8 @@ A checkpoint is a step folder under ``<workdir>/checkpoints`` with two items:
 
 Saves are synchronous; Orbax writes each one to a temporary folder and renames it when
 complete, so a process killed mid-save leaves the earlier checkpoints as they were.
+jaxcnn then lists the step folder's files with their sizes and SHA-256
+(``jaxcnn-files.json``), and checks them before restoring.
 Retention keeps the newest ``keep`` checkpoints plus the one with the best test accuracy.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,8 @@ from jaxcnn.steps import TrainState
 
 #: The folder of a work dir that holds the checkpoints.
 CHECKPOINT_DIR = "checkpoints"
+#: jaxcnn's list of a step folder's files, with their sizes and SHA-256.
+FILE_LIST = "jaxcnn-files.json"
 
 
 class CheckpointError(Exception):
@@ -105,7 +110,14 @@ class Checkpoints:
                 create=not read_only,
                 cleanup_tmp_directories=not read_only,  # left by a process killed mid-save
             )
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=options,
+                item_handlers={
+                    "state": ocp.StandardCheckpointHandler(),
+                    "position": ocp.JsonCheckpointHandler(),
+                },
+            )
 
     def steps(self) -> list[int]:
         """Return the steps of the complete checkpoints, oldest first."""
@@ -128,6 +140,7 @@ class Checkpoints:
             metrics={"test_accuracy": float(test_accuracy)},
             force=True,
         )
+        _write_file_list(self.directory / str(int(state.step)))
 
     def restore(self, step: int, like: TrainState) -> tuple[TrainState, Position]:
         """Return the state and position saved at ``step``, shaped and typed like ``like``.
@@ -144,20 +157,8 @@ class Checkpoints:
             )
         abstract = jax.eval_shape(lambda: _state_tree(like))
         try:
-            restored = self._manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract),
-                    position=ocp.args.JsonRestore(),
-                ),
-            )
-            record = dict(restored["position"])
-            expected_sha256 = record.pop("state_sha256")
-            position = Position(**record)
-            tree = restored["state"]
-            _check_like(tree, abstract)
-            if tree_sha256(tree) != expected_sha256:
-                raise ValueError("its arrays do not match the SHA-256 saved with them")
+            _verify_files(self.directory / str(step))
+            tree, position = self._restore_checked(step, abstract)
         except Exception as error:  # Orbax and tensorstore raise many kinds.
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} cannot be restored: {_one_line(error)}"
@@ -170,22 +171,104 @@ class Checkpoints:
         )
         return state, position
 
+    def _restore_checked(self, step: int, abstract: Any) -> tuple[Any, Position]:
+        """Restore ``step`` against ``abstract``; raise if it is not exactly that state."""
+        _check_like(self._manager.item_metadata(step)["state"], abstract)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), position=ocp.args.JsonRestore()
+            ),
+        )
+        record = dict(restored["position"])
+        expected_sha256 = record.pop("state_sha256")
+        tree = restored["state"]
+        _check_like(tree, abstract)
+        if tree_sha256(tree) != expected_sha256:
+            raise ValueError("its arrays do not match the SHA-256 saved with them")
+        return tree, Position(**record)
+
     def close(self) -> None:
         """Wait for pending work and release the manager."""
         self._manager.close()
 
 
 def _check_like(tree: Any, abstract: Any) -> None:
-    """Raise ValueError unless ``tree`` has ``abstract``'s structure, shapes and dtypes."""
-    if jax.tree.structure(tree) != jax.tree.structure(abstract):
-        raise ValueError("its tree structure differs from this model's")
-    leaves = jax.tree_util.tree_leaves_with_path(tree)
-    for (path, leaf), want in zip(leaves, jax.tree.leaves(abstract), strict=True):
-        if leaf.shape != want.shape or leaf.dtype != want.dtype:
+    """Raise ValueError unless ``tree``'s leaves have ``abstract``'s paths, shapes and dtypes.
+
+    ``tree`` may be restored arrays or Orbax's metadata of them; paths are compared as
+    text (``params/out/kernel``), so the containers' types do not matter.
+    """
+    have, want = _leaf_specs(tree), _leaf_specs(abstract)
+    if have.keys() != want.keys():
+        extra, missing = sorted(have.keys() - want.keys()), sorted(want.keys() - have.keys())
+        raise ValueError(
+            f"its arrays are not this model's (unexpected: {', '.join(extra[:4]) or 'none'}; "
+            f"missing: {', '.join(missing[:4]) or 'none'})"
+        )
+    for path, spec in sorted(want.items(), key=lambda item: not item[0].startswith("params")):
+        if have[path] != spec:
+            raise ValueError(f"{path} is {have[path]}, this model needs {spec}")
+
+
+def _leaf_specs(tree: Any) -> dict[str, str]:
+    """Return ``{"a/b/c": "float32[2, 3]"}`` for every array leaf of ``tree``."""
+    return {
+        "/".join(_key_name(key) for key in path): f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def _key_name(key: Any) -> str:
+    """Return a path entry as text, whatever the container (dict, sequence, dataclass)."""
+    for attribute in ("key", "idx", "name"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def _write_file_list(step_dir: Path) -> None:
+    """Record the size and SHA-256 of every file of a finished step folder.
+
+    Checked by :func:`_verify_files` before Orbax reads the folder, so that a truncated
+    or missing file is reported by name instead of failing inside Orbax's parallel
+    reads. A process killed before this is written leaves a complete checkpoint
+    without the list; it is restored unverified (its arrays' SHA-256 is still checked).
+    """
+    files = {
+        str(path.relative_to(step_dir)): {"size": path.stat().st_size, "sha256": _file_sha256(path)}
+        for path in sorted(step_dir.rglob("*"))
+        if path.is_file() and path.name != FILE_LIST
+    }
+    tmp = step_dir / (FILE_LIST + ".tmp")
+    tmp.write_text(json.dumps(files, indent=1) + "\n")
+    tmp.replace(step_dir / FILE_LIST)
+
+
+def _verify_files(step_dir: Path) -> None:
+    """Raise ValueError naming the first file of ``step_dir`` that differs from its list."""
+    listing = step_dir / FILE_LIST
+    if not listing.exists():
+        return
+    for name, expected in json.loads(listing.read_text()).items():
+        path = step_dir / name
+        if not path.is_file():
+            raise ValueError(f"its file {name} is missing")
+        if path.stat().st_size != expected["size"]:
             raise ValueError(
-                f"{jax.tree_util.keystr(path)} is {leaf.dtype}{list(leaf.shape)}, "
-                f"this model needs {want.dtype}{list(want.shape)}"
+                f"its file {name} has {path.stat().st_size} bytes, {expected['size']} were written"
             )
+        if _file_sha256(path) != expected["sha256"]:
+            raise ValueError(f"its file {name} does not match the SHA-256 written with it")
+
+
+def _file_sha256(path: Path) -> str:
+    """Return the SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _one_line(error: BaseException) -> str:

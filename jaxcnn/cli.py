@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from jaxcnn.checkpoint import CheckpointError
 from jaxcnn.config import UsageError
@@ -50,6 +52,20 @@ def add_restore_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the checkpoint to restore (default: the newest)",
     )
+
+
+def exit_process(code: int) -> NoReturn:
+    """Exit the process with ``code``, keeping library teardown noise off stderr after an error.
+
+    When a checkpoint read fails, Orbax leaves reads in flight; at interpreter shutdown
+    their callbacks, some on tensorstore's own threads, find the event loop closed and
+    print tracebacks ("Exception ignored in ...", "Event loop is closed") under the
+    one-line error. The error has been reported by then, so stderr is closed first.
+    """
+    if code != 0:
+        sys.stderr.flush()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    sys.exit(code)
 
 
 def run_command(prog: str, main: Callable[[Sequence[str] | None], int]) -> Callable[..., int]:

@@ -7,7 +7,6 @@ whole test set of the run's dataset, each image counted once.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +14,7 @@ import jax
 import numpy as np
 
 from jaxcnn import data, loop, steps, workdir
-from jaxcnn.cli import ArgumentParser, add_data_flags, add_restore_flags, run_command
+from jaxcnn.cli import ArgumentParser, add_data_flags, add_restore_flags, exit_process, run_command
 from jaxcnn.config import TrainConfig
 
 PROG = "python -m jaxcnn.evaluate"
@@ -123,4 +122,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 cli_main = run_command(PROG, main)
 
 if __name__ == "__main__":
-    sys.exit(cli_main())
+    exit_process(cli_main())

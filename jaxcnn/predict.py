@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 
 from jaxcnn import data, images, steps, workdir
-from jaxcnn.cli import ArgumentParser, add_data_flags, add_restore_flags, run_command
+from jaxcnn.cli import ArgumentParser, add_data_flags, add_restore_flags, exit_process, run_command
 
 PROG = "python -m jaxcnn.predict"
 
@@ -44,8 +43,8 @@ def class_probabilities(state: steps.TrainState, pixels: np.ndarray) -> np.ndarr
 def main(argv: Sequence[str] | None = None) -> int:
     """Classify the images; return the process exit code."""
     args = build_parser().parse_args(argv)
-    pixels = np.stack([images.read_image(path) for path in args.images])
     config, state, step = workdir.restore_run(args.workdir, args.step)
+    pixels = np.stack([images.read_image(path) for path in args.images])
     names = data.DATASETS[config.dataset].class_names
     probabilities = class_probabilities(state, pixels)
     results = [
@@ -69,4 +68,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 cli_main = run_command(PROG, main)
 
 if __name__ == "__main__":
-    sys.exit(cli_main())
+    exit_process(cli_main())

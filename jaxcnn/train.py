@@ -23,7 +23,7 @@ import jax
 
 from jaxcnn import data, loop, models, workdir
 from jaxcnn.checkpoint import CHECKPOINT_DIR, Checkpoints, Position, tree_sha256
-from jaxcnn.cli import ArgumentParser, add_data_flags, run_command
+from jaxcnn.cli import ArgumentParser, add_data_flags, exit_process, run_command
 from jaxcnn.config import TrainConfig, UsageError
 
 PROG = "python -m jaxcnn.train"
@@ -396,4 +396,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 cli_main = run_command(PROG, main)
 
 if __name__ == "__main__":
-    sys.exit(cli_main())
+    exit_process(cli_main())

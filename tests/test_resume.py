@@ -64,7 +64,9 @@ def start_training(args: list[str], env: dict[str, str] | None = None) -> subpro
         text=True,
         env={**os.environ, **(env or {})},
     )
-    threading.Timer(300, process.kill).start()  # never let a test hang
+    watchdog = threading.Timer(300, process.kill)  # never let a test hang
+    watchdog.daemon = True
+    watchdog.start()
     return process
 
 
