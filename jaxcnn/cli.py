@@ -14,6 +14,8 @@ from jaxcnn.data import DATA_DIR_ENV, MANUAL_DIR_ENV, DataError
 
 #: Exit code for a usage or input error.
 EXIT_USAGE = 2
+#: Exit code for Ctrl-C outside the training loop (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -81,5 +83,8 @@ def run_command(prog: str, main: Callable[[Sequence[str] | None], int]) -> Calla
         except (UsageError, DataError, CheckpointError) as error:
             print(f"{prog}: error: {error}", file=sys.stderr)
             return EXIT_USAGE
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
     return wrapped

@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 
-from jaxcnn import data, loop, models, workdir
+from jaxcnn import data, loop, models, steps, workdir
 from jaxcnn.checkpoint import CHECKPOINT_DIR, Checkpoints, Position, tree_sha256
 from jaxcnn.cli import ArgumentParser, add_data_flags, exit_process, run_command
 from jaxcnn.config import TrainConfig, UsageError
@@ -182,8 +182,17 @@ def inspect_workdir(path: Path | None, config: TrainConfig, override: bool) -> T
     return saved
 
 
-def restore_latest(path: Path | None, config: TrainConfig) -> tuple[Any, Position, int] | None:
-    """Return ``(state, position, step)`` of the newest checkpoint in ``path``, if any."""
+@dataclasses.dataclass(frozen=True)
+class StartPoint:
+    """A checkpoint to continue from: its state, its position in the data, its step."""
+
+    state: steps.TrainState
+    position: Position
+    step: int
+
+
+def restore_latest(path: Path | None, config: TrainConfig) -> StartPoint | None:
+    """Return the newest checkpoint in ``path`` to continue from, if there is one."""
     if path is None or not (path / CHECKPOINT_DIR).is_dir():
         return None
     checkpoints = Checkpoints(path, read_only=True)
@@ -199,7 +208,7 @@ def restore_latest(path: Path | None, config: TrainConfig) -> tuple[Any, Positio
             f"checkpoint step {step} in {path} was written with --seed {position.seed}; "
             "its data order cannot continue under another seed"
         )
-    return state, position, step
+    return StartPoint(state=state, position=position, step=step)
 
 
 def create_workdir(path: Path | None, config: TrainConfig) -> Path:
@@ -276,12 +285,15 @@ def run_training(
     config: TrainConfig,
     splits: dict[str, data.Split],
     path: Path,
-    start: tuple[Any, Position, int] | None,
+    start: StartPoint | None,
     stop: StopRequest,
 ) -> loop.TrainResult:
     """Train from ``start`` (or from scratch), logging and checkpointing into ``path``."""
-    state, position = (start[0], start[1]) if start else (workdir.new_state(config), None)
-    position = position or Position(epoch=0, batch=0, seed=config.seed)
+    if start is None:
+        start = StartPoint(
+            workdir.new_state(config), Position(epoch=0, batch=0, seed=config.seed), 0
+        )
+    state, position = start.state, start.position
     train_fn, eval_fn, compile_seconds = loop.compile_steps(
         state, *loop.example_batches(config, splits)
     )
@@ -340,47 +352,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.debug_nans:
         jax.config.update("jax_debug_nans", True)
     requested = Path(args.workdir) if args.workdir else None
-    saved = inspect_workdir(requested, config, args.override)
-    print(f"backend: {jax.default_backend()}, devices: {jax.devices()}", flush=True)
-    start = restore_latest(requested, config)
-    if start:
-        step, where = start[2], start[1]
-        print(
-            f"resuming from the checkpoint at step {step} (epoch {where.epoch}, batch "
-            f"{where.batch}) in {requested / CHECKPOINT_DIR}",
-            flush=True,
+    with contextlib.ExitStack() as lock:
+        saved = inspect_workdir(requested, config, args.override)
+        if saved is not None:  # a run is there: lock it before reading its checkpoints
+            lock.enter_context(workdir.exclusive(requested))
+        print(f"backend: {jax.default_backend()}, devices: {jax.devices()}", flush=True)
+        start = restore_latest(requested, config)
+        if start or saved:
+            print(describe_start(start, requested), flush=True)
+        splits = data.load_dataset(
+            config.dataset,
+            data.resolve_data_dir(args.data_dir),
+            data.resolve_manual_dir(args.manual_dir),
         )
-    elif saved is not None:
-        print(f"no checkpoint in {requested} yet: starting from step 0", flush=True)
-    splits = data.load_dataset(
-        config.dataset,
-        data.resolve_data_dir(args.data_dir),
-        data.resolve_manual_dir(args.manual_dir),
-    )
-    path = create_workdir(requested, config)
-    resumed_step = start[2] if start else 0
-    save_config(path, config, saved, resumed_step)
-    workdir.truncate_metrics(path, resumed_step)
-    stop = StopRequest()
-    try:
-        with stop_on_signals(stop):
-            result = run_training(config, splits, path, start, stop)
-    except loop.NonFiniteError as error:
-        steps_kept = Checkpoints(path, read_only=True).steps()
-        kept = (
-            f"the last good checkpoint is step {steps_kept[-1]}"
-            if steps_kept
-            else "no checkpoint was written before it"
-        )
-        print(
-            f"{PROG}: error: {error}; {kept} in {path / CHECKPOINT_DIR}; rerun with "
-            "--debug-nans to find the operation",
-            file=sys.stderr,
-        )
-        return EXIT_NONFINITE
-    except FloatingPointError as error:  # raised under --debug-nans
-        print(f"{PROG}: error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return EXIT_NONFINITE
+        path = create_workdir(requested, config)
+        if saved is None:
+            lock.enter_context(workdir.exclusive(path))
+        resumed_step = start.step if start else 0
+        save_config(path, config, saved, resumed_step)
+        workdir.truncate_metrics(path, resumed_step)
+        stop = StopRequest()
+        try:
+            with stop_on_signals(stop):
+                result = run_training(config, splits, path, start, stop)
+        except (loop.NonFiniteError, FloatingPointError) as error:  # the latter: --debug-nans
+            print(f"{PROG}: error: {nonfinite_message(error, path)}", file=sys.stderr)
+            return EXIT_NONFINITE
     if result.stopped:
         name = signal.Signals(stop.signum).name
         print(
@@ -391,6 +388,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 128 + stop.signum
     return 0
+
+
+def describe_start(start: StartPoint | None, path: Path) -> str:
+    """Say where a run in an existing work dir continues from."""
+    if start is None:
+        return f"no checkpoint in {path} yet: starting from step 0"
+    return (
+        f"resuming from the checkpoint at step {start.step} (epoch {start.position.epoch}, "
+        f"batch {start.position.batch}) in {path / CHECKPOINT_DIR}"
+    )
+
+
+def nonfinite_message(error: Exception, path: Path) -> str:
+    """Say where training went non-finite, which checkpoint is good, and what to try."""
+    checkpoints = Checkpoints(path, read_only=True)
+    kept = checkpoints.steps()
+    checkpoints.close()
+    last_good = (
+        f"the last good checkpoint is step {kept[-1]}"
+        if kept
+        else "no checkpoint was written before it"
+    )
+    first_line = str(error).splitlines()[0]
+    if isinstance(error, FloatingPointError):
+        return f"{first_line}; {last_good} in {path / CHECKPOINT_DIR}"
+    return (
+        f"{first_line}; {last_good} in {path / CHECKPOINT_DIR}; rerun with --debug-nans to "
+        "find the operation"
+    )
 
 
 cli_main = run_command(PROG, main)

@@ -10,7 +10,10 @@ Layout of a work dir::
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,31 @@ from jaxcnn.config import TrainConfig, UsageError
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold ``path``'s lock file inside the block, so one process at a time trains there.
+
+    The lock is an advisory ``flock``; the system drops it when its process dies, even
+    by SIGKILL, so it never goes stale.
+
+    Raises:
+        UsageError: another process holds the lock.
+    """
+    with (path / LOCK).open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise UsageError(
+                f"--workdir {str(path)!r} is in use by another jaxcnn.train process; wait for "
+                "it to finish or stop it first"
+            ) from error
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:

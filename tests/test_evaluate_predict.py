@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -12,24 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.common import file_digests, run_cli
 from PIL import Image
 
 from jaxcnn import evaluate, images, predict, train
-
-
-def run(cli_main, argv: list[str]) -> int:
-    try:
-        return cli_main(argv)
-    except SystemExit as stop:
-        return int(stop.code)
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +22,10 @@ def trained(data_dir, tmp_path_factory) -> Path:
     """A run of 300 steps with checkpoints at 100, 200 and 300 (96% on the test set)."""
     workdir = tmp_path_factory.mktemp("trained") / "run"
     argv = ["--max-steps", "300", "--checkpoint-every", "100", "--log-every", "1000"]
-    assert run(train.cli_main, [*argv, "--data-dir", str(data_dir), "--workdir", str(workdir)]) == 0
+    assert (
+        run_cli(train.cli_main, [*argv, "--data-dir", str(data_dir), "--workdir", str(workdir)])
+        == 0
+    )
     return workdir
 
 
@@ -50,7 +38,9 @@ def damaged(trained, tmp_path) -> Path:
 
 def test_evaluate_reports_what_training_measured(trained, data_dir, capsys):
     assert (
-        run(evaluate.cli_main, ["--workdir", str(trained), "--data-dir", str(data_dir), "--json"])
+        run_cli(
+            evaluate.cli_main, ["--workdir", str(trained), "--data-dir", str(data_dir), "--json"]
+        )
         == 0
     )
     report = json.loads(capsys.readouterr().out)
@@ -69,7 +59,7 @@ def test_evaluate_reports_what_training_measured(trained, data_dir, capsys):
 
 def test_evaluate_text_and_an_older_step(trained, data_dir, capsys):
     assert (
-        run(
+        run_cli(
             evaluate.cli_main,
             ["--workdir", str(trained), "--data-dir", str(data_dir), "--step", "200"],
         )
@@ -87,7 +77,7 @@ def test_predict_agrees_with_the_model_on_real_test_digits(trained, mnist, tmp_p
         path = tmp_path / f"digit{i}.png"
         Image.fromarray(test.images[i, :, :, 0]).save(path)
         paths.append(str(path))
-    assert run(predict.cli_main, ["--workdir", str(trained), "--json", *paths]) == 0
+    assert run_cli(predict.cli_main, ["--workdir", str(trained), "--json", *paths]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
     predicted = [int(r["predicted"]) for r in results]
     assert sum(p == t for p, t in zip(predicted, test.labels[:20], strict=True)) >= 18
@@ -116,7 +106,7 @@ def test_large_colour_dark_on_light_digits_are_converted_like_mnist(
             mass.sum(0) @ np.arange(28) / mass.sum(),
         )
         assert abs(centre[0] - 13.5) <= 1 and abs(centre[1] - 13.5) <= 1
-    assert run(predict.cli_main, ["--workdir", str(trained), "--json", *originals]) == 0
+    assert run_cli(predict.cli_main, ["--workdir", str(trained), "--json", *originals]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
     predicted = [int(r["predicted"]) for r in results]
     assert sum(p == t for p, t in zip(predicted, test.labels[:20], strict=True)) >= 17
@@ -155,11 +145,11 @@ def bad_image(kind: str, folder: Path) -> Path:
 )
 def test_bad_images_are_refused_with_exit_2(kind, message, trained, tmp_path, capsys):
     path = bad_image(kind, tmp_path)
-    before = digest(trained)
-    assert run(predict.cli_main, ["--workdir", str(trained), str(path)]) == 2
+    before = file_digests(trained)
+    assert run_cli(predict.cli_main, ["--workdir", str(trained), str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(path) in err and message in err
-    assert digest(trained) == before
+    assert file_digests(trained) == before
 
 
 def largest_file(folder: Path) -> Path:
@@ -200,14 +190,14 @@ def evaluate_in_a_process(argv: list[str]) -> subprocess.CompletedProcess:
 def test_damaged_checkpoints_are_refused_and_nothing_else_changes(damage, damaged, data_dir):
     """Run as real processes: the user must see one line, and nothing Orbax left behind."""
     step = damage(damaged)
-    before = digest(damaged)
+    before = file_digests(damaged)
     result = evaluate_in_a_process(
         ["--workdir", str(damaged), "--data-dir", str(data_dir), "--step", step]
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and f"step {step}" in result.stderr
     assert "Traceback" not in result.stderr
-    assert digest(damaged) == before
+    assert file_digests(damaged) == before
 
 
 def test_a_checkpoint_of_another_model_is_refused(damaged, data_dir, capsys, monkeypatch):
@@ -217,16 +207,16 @@ def test_a_checkpoint_of_another_model_is_refused(damaged, data_dir, capsys, mon
     monkeypatch.setitem(models.MODELS, "cnn5", lambda num_classes: models.CNN(num_classes=5))
     config = json.loads((damaged / "config.json").read_text())
     (damaged / "config.json").write_text(json.dumps({**config, "model": "cnn5"}))
-    before = digest(damaged)
+    before = file_digests(damaged)
     argv = ["--workdir", str(damaged), "--data-dir", str(data_dir), "--step", "200"]
-    assert run(evaluate.cli_main, argv) == 2
+    assert run_cli(evaluate.cli_main, argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "step 200" in err and "params/out/" in err
-    assert digest(damaged) == before
+    assert file_digests(damaged) == before
 
 
 def test_a_step_that_does_not_exist_is_named_with_the_available_ones(trained, capsys):
-    assert run(evaluate.cli_main, ["--workdir", str(trained), "--step", "150"]) == 2
+    assert run_cli(evaluate.cli_main, ["--workdir", str(trained), "--step", "150"]) == 2
     err = capsys.readouterr().err
     assert "no checkpoint at step 150" in err and "available: 100, 200, 300" in err
 
@@ -237,7 +227,7 @@ def test_missing_or_empty_workdir_is_refused(state, tmp_path, capsys):
     if state == "empty":
         workdir.mkdir()
     for cli_main, extra in ((evaluate.cli_main, []), (predict.cli_main, ["x.png"])):
-        assert run(cli_main, ["--workdir", str(workdir), *extra]) == 2
+        assert run_cli(cli_main, ["--workdir", str(workdir), *extra]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and str(workdir) in err
     assert state == "empty" or not workdir.exists()

@@ -7,7 +7,6 @@ length: the final parameters must be bitwise identical (SHA-256 of their bytes) 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,39 +18,29 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.common import file_digests, run_cli
 
 from jaxcnn import train
+from jaxcnn import workdir as workdir_lib
 
 STEPS = 120
 RUN_FLAGS = ["--max-steps", str(STEPS), "--checkpoint-every", "40", "--log-every", "30"]
 HELPER = Path(__file__).parent / "helpers" / "kill_mid_save.py"
 
 
-def run_main(argv: list[str]) -> int:
-    try:
-        return train.cli_main(argv)
-    except SystemExit as stop:
-        return int(stop.code)
-
-
 def summary(workdir: Path) -> dict:
     return json.loads((workdir / "summary.json").read_text())
 
 
-def tree_digest(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder``, by relative path."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
+def train_argv(workdir: Path, data_dir: Path) -> list[str]:
+    return [*RUN_FLAGS, "--data-dir", str(data_dir), "--workdir", str(workdir)]
 
 
 @pytest.fixture(scope="module")
 def reference(data_dir, tmp_path_factory) -> Path:
     """An uninterrupted run of STEPS steps."""
     workdir = tmp_path_factory.mktemp("reference") / "run"
-    assert run_main([*RUN_FLAGS, "--data-dir", str(data_dir), "--workdir", str(workdir)]) == 0
+    assert run_cli(train.cli_main, train_argv(workdir, data_dir)) == 0
     return workdir
 
 
@@ -82,7 +71,7 @@ def read_until(process: subprocess.Popen, text: str) -> list[str]:
 
 def resume_and_compare(workdir: Path, data_dir: Path, reference: Path, capsys) -> str:
     """Resume ``workdir`` in this process; check it ends as the reference did."""
-    assert run_main([*RUN_FLAGS, "--data-dir", str(data_dir), "--workdir", str(workdir)]) == 0
+    assert run_cli(train.cli_main, train_argv(workdir, data_dir)) == 0
     out = capsys.readouterr().out
     assert summary(workdir)["params_sha256"] == summary(reference)["params_sha256"]
     assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
@@ -97,16 +86,7 @@ def test_signal_checkpoints_and_the_resumed_run_is_bitwise_identical(
     signum, after_line, exit_code, data_dir, reference, tmp_path, capsys
 ):
     workdir = tmp_path / "run"
-    args = [
-        "-m",
-        "jaxcnn.train",
-        *RUN_FLAGS,
-        "--data-dir",
-        str(data_dir),
-        "--workdir",
-        str(workdir),
-    ]
-    process = start_training(args)
+    process = start_training(["-m", "jaxcnn.train", *train_argv(workdir, data_dir)])
     read_until(process, after_line)
     process.send_signal(signum)
     out, err = process.communicate()
@@ -129,16 +109,7 @@ def test_sigkill_then_resume_is_bitwise_identical(
     where, newest_left, data_dir, reference, tmp_path, capsys
 ):
     workdir = tmp_path / "run"
-    args = [
-        "-m",
-        "jaxcnn.train",
-        *RUN_FLAGS,
-        "--data-dir",
-        str(data_dir),
-        "--workdir",
-        str(workdir),
-    ]
-    process = start_training(args)
+    process = start_training(["-m", "jaxcnn.train", *train_argv(workdir, data_dir)])
     if newest_left is None:
         read_until(process, "epoch 0 [0/60000")
     else:
@@ -161,8 +132,9 @@ def test_sigkill_in_the_middle_of_a_save_leaves_the_previous_checkpoint(
 ):
     """Killed during the second save (step 80): step 40 stays the newest, and restorable."""
     workdir = tmp_path / "run"
-    args = [str(HELPER), *RUN_FLAGS, "--data-dir", str(data_dir), "--workdir", str(workdir)]
-    process = start_training(args, env={"KILL_AT_FINALIZE": str(finalize_call)})
+    process = start_training(
+        [str(HELPER), *train_argv(workdir, data_dir)], env={"KILL_AT_FINALIZE": str(finalize_call)}
+    )
     process.communicate()
     assert process.returncode == -signal.SIGKILL
     names = sorted(p.name for p in (workdir / "checkpoints").iterdir())
@@ -178,10 +150,10 @@ def test_resuming_with_other_hyperparameters_is_refused_unless_overridden(
 ):
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir)
-    before = tree_digest(workdir)
+    before = file_digests(workdir)
     changed = [*RUN_FLAGS, "--learning-rate", "0.01", "--seed", "5", "--batch-size", "32"]
     base = ["--data-dir", str(data_dir), "--workdir", str(workdir)]
-    assert run_main([*changed, *base]) == 2
+    assert run_cli(train.cli_main, [*changed, *base]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     for difference in (
@@ -190,9 +162,9 @@ def test_resuming_with_other_hyperparameters_is_refused_unless_overridden(
         "--batch-size: 64 -> 32",
     ):
         assert difference in err
-    assert tree_digest(workdir) == before
+    assert file_digests(workdir) == before
     override = [*RUN_FLAGS, "--learning-rate", "0.01", "--override", *base]
-    assert run_main(override) == 0
+    assert run_cli(train.cli_main, override) == 0
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["learning_rate"] == 0.01
     assert (
@@ -206,10 +178,24 @@ def test_nan_stops_at_its_step_with_exit_3_and_keeps_the_last_good_checkpoint(
 ):
     workdir = tmp_path / "run"
     argv = ["--learning-rate", "1e30", "--checkpoint-every", "1", "--max-steps", "50"]
-    assert run_main([*argv, "--data-dir", str(data_dir), "--workdir", str(workdir)]) == 3
+    assert (
+        run_cli(train.cli_main, [*argv, "--data-dir", str(data_dir), "--workdir", str(workdir)])
+        == 3
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "not finite at step 2 (epoch 0, batch 1)" in err
     assert "conv1/conv/kernel" in err and "last good checkpoint is step 1" in err
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1"]
     assert not (workdir / "summary.json").exists()
+
+
+def test_a_workdir_in_use_by_another_process_is_refused(data_dir, reference, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    before = file_digests(workdir)
+    with workdir_lib.exclusive(workdir):  # as another training process would hold it
+        assert run_cli(train.cli_main, train_argv(workdir, data_dir)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "in use by another jaxcnn.train" in err
+    assert file_digests(workdir) == before

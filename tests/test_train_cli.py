@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.common import run_cli
 
 from jaxcnn import data, train
 
@@ -28,14 +29,6 @@ def run_module(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
         env={**os.environ, **(env or {})},
         timeout=600,
     )
-
-
-def run_main(argv: list[str]) -> int:
-    """Run the CLI in this process; argparse's own errors arrive as SystemExit."""
-    try:
-        return train.cli_main(argv)
-    except SystemExit as stop:
-        return int(stop.code)
 
 
 def test_short_run_on_real_mnist_learns_and_writes_its_outputs(data_dir, tmp_path):
@@ -95,7 +88,7 @@ BAD_FLAGS = [
 def test_bad_flag_exits_2_with_one_line_and_writes_nothing(argv, flag, data_dir, tmp_path, capsys):
     workdir = tmp_path / "run"
     base = ["--data-dir", str(data_dir), "--workdir", str(workdir)]
-    assert run_main([*base, *argv]) == 2
+    assert run_cli(train.cli_main, [*base, *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and flag in err and "Traceback" not in err
     assert not workdir.exists()
@@ -105,7 +98,7 @@ def test_manual_dir_without_the_files_is_refused(tmp_path, capsys):
     empty, workdir = tmp_path / "empty", tmp_path / "run"
     empty.mkdir()
     argv = ["--data-dir", str(tmp_path), "--manual-dir", str(empty), "--workdir", str(workdir)]
-    assert run_main(argv) == 2
+    assert run_cli(train.cli_main, argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--manual-dir" in err and "train-images-idx3-ubyte.gz" in err
     assert not workdir.exists()
@@ -115,7 +108,7 @@ def test_no_network_and_no_data_says_how_to_run_offline(tmp_path, monkeypatch, c
     monkeypatch.delenv(data.MANUAL_DIR_ENV, raising=False)
     monkeypatch.setattr(data, "download_host_reachable", lambda url, timeout=5.0: False)
     workdir = tmp_path / "run"
-    assert run_main(["--data-dir", str(tmp_path), "--workdir", str(workdir)]) == 2
+    assert run_cli(train.cli_main, ["--data-dir", str(tmp_path), "--workdir", str(workdir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "offline" in err and "--manual-dir" in err
     assert not workdir.exists()
@@ -127,7 +120,7 @@ def test_workdir_holding_run_files_without_a_config_is_refused_and_left_alone(
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "metrics.jsonl").write_text('{"step": 1}\n')
-    assert run_main(["--data-dir", str(data_dir), "--workdir", str(workdir)]) == 2
+    assert run_cli(train.cli_main, ["--data-dir", str(data_dir), "--workdir", str(workdir)]) == 2
     assert "--workdir" in capsys.readouterr().err
     assert (workdir / "metrics.jsonl").read_text() == '{"step": 1}\n'
     assert sorted(p.name for p in workdir.iterdir()) == ["metrics.jsonl"]
