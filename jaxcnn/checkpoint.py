@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 
 from jaxcnn.quiet import absl_errors_only
 from jaxcnn.steps import TrainState
+from jaxcnn.trees import named_leaves
 
 #: The folder of a work dir that holds the checkpoints.
 CHECKPOINT_DIR = "checkpoints"
@@ -214,17 +215,8 @@ def _check_like(tree: Any, abstract: Any) -> None:
 def _leaf_specs(tree: Any) -> dict[str, str]:
     """Return ``{"a/b/c": "float32[2, 3]"}`` for every array leaf of ``tree``."""
     return {
-        "/".join(_key_name(key) for key in path): f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        path: f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}" for path, leaf in named_leaves(tree)
     }
-
-
-def _key_name(key: Any) -> str:
-    """Return a path entry as text, whatever the container (dict, sequence, dataclass)."""
-    for attribute in ("key", "idx", "name"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
 
 
 def _write_file_list(step_dir: Path) -> None:

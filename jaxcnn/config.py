@@ -42,6 +42,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     checkpoint_every: int | None = None
     keep: int = 3
+    log_grads: bool = False
 
     def validate(self) -> TrainConfig:
         """Return ``self`` if every field is usable.

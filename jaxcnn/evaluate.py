@@ -103,7 +103,7 @@ def format_report(report: dict[str, Any], workdir_name: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate a run's checkpoint; return the process exit code."""
     args = build_parser().parse_args(argv)
-    config, state, step = workdir.restore_run(args.workdir, args.step)
+    config, state, _, step = workdir.restore_run(args.workdir, args.step)
     splits = data.load_dataset(
         config.dataset,
         data.resolve_data_dir(args.data_dir),

@@ -9,8 +9,10 @@ in between. It can start anywhere in the data order, which is what resuming need
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -18,6 +20,7 @@ import numpy as np
 from jaxcnn import data, steps
 from jaxcnn.checkpoint import Position
 from jaxcnn.config import TrainConfig
+from jaxcnn.trees import named_leaves
 
 TrainFn = Callable[[steps.TrainState, steps.Batch], tuple[steps.TrainState, steps.Metrics]]
 EvalFn = Callable[[steps.TrainState, steps.Batch], steps.Metrics]
@@ -58,6 +61,26 @@ class LogRecord:
     train_accuracy: float
     test_accuracy: float
     test_loss: float
+    grad_norm: dict[str, float] | None = None
+    update_ratio: dict[str, float] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledSteps:
+    """The compiled step functions of a run.
+
+    Attributes:
+        train: the training step.
+        train_with_stats: the training step that also returns per-layer gradient norms
+            and update ratios (``--log-grads``), used at log points only; or None.
+        eval: the evaluation step.
+        seconds: time spent compiling them.
+    """
+
+    train: TrainFn
+    train_with_stats: TrainFn | None
+    eval: EvalFn
+    seconds: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,24 +114,35 @@ class TrainResult:
 
 
 def compile_steps(
-    state: steps.TrainState, train_batch: steps.Batch, eval_batch: steps.Batch
-) -> tuple[TrainFn, EvalFn, float]:
+    state: steps.TrainState,
+    train_batch: steps.Batch,
+    eval_batch: steps.Batch,
+    log_grads: bool = False,
+) -> CompiledSteps:
     """Compile ``train_step`` (state buffers donated) and ``eval_step`` ahead of time.
 
-    Under ``jax_debug_nans`` the jitted functions are returned instead, since the
-    checks that find the failing operation work on those.
-
-    Returns:
-        The two compiled functions and the seconds spent compiling them.
+    With ``log_grads`` the step that also measures gradients is compiled too, apart,
+    so the steps between log points run exactly the plain step. Under
+    ``jax_debug_nans`` the jitted functions are returned uncompiled, since the checks
+    that find the failing operation work on those.
     """
     start = time.perf_counter()
-    train_jit = jax.jit(steps.train_step, donate_argnums=0)
-    eval_jit = jax.jit(steps.eval_step)
-    if jax.config.jax_debug_nans:
-        return train_jit, eval_jit, 0.0
-    train_fn = train_jit.lower(state, train_batch).compile()
-    eval_fn = eval_jit.lower(state, eval_batch).compile()
-    return train_fn, eval_fn, time.perf_counter() - start
+    functions = {
+        "train": jax.jit(steps.train_step, donate_argnums=0),
+        "train_with_stats": jax.jit(
+            functools.partial(steps.train_step, with_grad_stats=True), donate_argnums=0
+        )
+        if log_grads
+        else None,
+        "eval": jax.jit(steps.eval_step),
+    }
+    if not jax.config.jax_debug_nans:
+        batches = {"train": train_batch, "train_with_stats": train_batch, "eval": eval_batch}
+        functions = {
+            name: None if function is None else function.lower(state, batches[name]).compile()
+            for name, function in functions.items()
+        }
+    return CompiledSteps(**functions, seconds=time.perf_counter() - start)
 
 
 def evaluate(
@@ -140,11 +174,7 @@ def batch_of_step(config: TrainConfig, split: data.Split, step: int) -> steps.Ba
 def describe_nonfinite(state: steps.TrainState, batch: steps.Batch) -> str:
     """Say which of the loss and the gradient leaves are not finite for ``batch``."""
     (loss, _), grads = jax.value_and_grad(steps.loss_fn, has_aux=True)(state.params, state, batch)
-    bad = [
-        jax.tree_util.keystr(path, simple=True, separator="/")
-        for path, leaf in jax.tree_util.tree_leaves_with_path(grads)
-        if not np.all(np.isfinite(leaf))
-    ]
+    bad = [path for path, leaf in named_leaves(grads) if not np.all(np.isfinite(leaf))]
     return f"loss {float(loss)}; non-finite gradient leaves: {', '.join(bad) or 'none'}"
 
 
@@ -153,8 +183,7 @@ def train(
     splits: dict[str, data.Split],
     state: steps.TrainState,
     position: Position,
-    train_fn: TrainFn,
-    eval_fn: EvalFn,
+    compiled: CompiledSteps,
     hooks: Hooks,
 ) -> TrainResult:
     """Run ``config``'s epochs from ``state`` at ``position`` until done or asked to stop.
@@ -190,10 +219,15 @@ def train(
             if taken >= steps_to_take:
                 break
             indices, mask = batches[batch_index]
-            state, metrics = train_fn(state, data.make_batch(train_split, indices, mask))
+            log_due = batch_index % config.log_every == 0
+            step_fn = (
+                compiled.train_with_stats
+                if log_due and compiled.train_with_stats
+                else compiled.train
+            )
+            state, metrics = step_fn(state, data.make_batch(train_split, indices, mask))
             pending.append(metrics)
             taken += 1
-            log_due = batch_index % config.log_every == 0
             stopped = hooks.stop_requested()
             checkpoint_due = stopped or taken % checkpoint_every == 0 or taken == steps_to_take
             if not (log_due or checkpoint_due):
@@ -203,7 +237,7 @@ def train(
             _raise_if_nonfinite(config, train_split, state)
             correct += int(sum(m["correct"] for m in fetched))
             count += int(sum(m["count"] for m in fetched))
-            test = evaluate(eval_fn, state, test_batches)
+            test = evaluate(compiled.eval, state, test_batches)
             if log_due:
                 hooks.on_log(
                     LogRecord(
@@ -215,6 +249,8 @@ def train(
                         train_accuracy=correct / count,
                         test_accuracy=test.accuracy,
                         test_loss=test.loss,
+                        grad_norm=_floats(fetched[-1].get("grad_norm")),
+                        update_ratio=_floats(fetched[-1].get("update_ratio")),
                     )
                 )
             if checkpoint_due:
@@ -231,9 +267,14 @@ def train(
         epochs=taken / per_epoch,
         position=_position_of_step(config.seed, taken, per_epoch),
         train_seconds=train_seconds,
-        test=evaluate(eval_fn, state, test_batches),
+        test=evaluate(compiled.eval, state, test_batches),
         stopped=stopped,
     )
+
+
+def _floats(values: dict[str, Any] | None) -> dict[str, float] | None:
+    """Return a dict of fetched device scalars as Python floats (None stays None)."""
+    return None if values is None else {key: float(value) for key, value in values.items()}
 
 
 def _position_after(

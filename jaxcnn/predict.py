@@ -43,7 +43,7 @@ def class_probabilities(state: steps.TrainState, pixels: np.ndarray) -> np.ndarr
 def main(argv: Sequence[str] | None = None) -> int:
     """Classify the images; return the process exit code."""
     args = build_parser().parse_args(argv)
-    config, state, step = workdir.restore_run(args.workdir, args.step)
+    config, state, _, step = workdir.restore_run(args.workdir, args.step)
     pixels = np.stack([images.read_image(path) for path in args.images])
     names = data.DATASETS[config.dataset].class_names
     probabilities = class_probabilities(state, pixels)

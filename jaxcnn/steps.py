@@ -28,6 +28,8 @@ import optax
 from flax import linen as nn
 from flax import struct
 
+from jaxcnn.trees import layer_norms, update_ratios
+
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 PyTree = Any
@@ -133,8 +135,14 @@ def tree_all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+def train_step(
+    state: TrainState, batch: Batch, with_grad_stats: bool = False
+) -> tuple[TrainState, Metrics]:
     """Take one optimizer step on ``batch``; pure, meant to be ``jax.jit``-compiled.
+
+    With ``with_grad_stats`` (a separate compilation), the metrics also hold each
+    layer's gradient norm (``grad_norm``) and update-to-parameter ratio
+    (``update_ratio``); the plain step computes neither.
 
     If the loss or any gradient is not finite, or an earlier step's was not, the step
     changes nothing but ``nonfinite_step``, so the host can stop at the first bad step
@@ -165,6 +173,9 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         "correct": count_correct(logits, batch["label"], batch["mask"]),
         "count": jnp.sum(batch["mask"]),
     }
+    if with_grad_stats:
+        metrics["grad_norm"] = layer_norms(grads)
+        metrics["update_ratio"] = update_ratios(state.params, updates)
     return new_state, metrics
 
 

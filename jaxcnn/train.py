@@ -124,6 +124,12 @@ def build_parser() -> ArgumentParser:
         "from the saved run's (the old config is kept beside the new one)",
     )
     parser.add_argument(
+        "--log-grads",
+        action="store_true",
+        help="add each layer's gradient norm and update-to-parameter ratio to every log "
+        "line and to metrics.jsonl (computed at log points only)",
+    )
+    parser.add_argument(
         "--debug-nans",
         action="store_true",
         help="turn on jax_debug_nans, so a NaN stops at the operation that made it (slow)",
@@ -145,6 +151,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         eval_batch_size=args.eval_batch_size,
         checkpoint_every=args.checkpoint_every,
         keep=args.keep,
+        log_grads=args.log_grads,
     ).validate()
 
 
@@ -243,6 +250,13 @@ def format_log_line(record: loop.LogRecord, num_train: int, steps_in_epoch: int)
     )
 
 
+def format_grad_line(record: loop.LogRecord) -> str:
+    """Return the ``--log-grads`` line: each layer's gradient norm and update ratio."""
+    norms = "  ".join(f"{layer} {value:.4f}" for layer, value in record.grad_norm.items())
+    ratios = "  ".join(f"{layer} {value:.1e}" for layer, value in record.update_ratio.items())
+    return f"\tgradient norm: {norms}\t|update|/|param|: {ratios}"
+
+
 class StopRequest:
     """Set by SIGINT or SIGTERM; the training loop polls it after every step.
 
@@ -294,28 +308,31 @@ def run_training(
             workdir.new_state(config), Position(epoch=0, batch=0, seed=config.seed), 0
         )
     state, position = start.state, start.position
-    train_fn, eval_fn, compile_seconds = loop.compile_steps(
-        state, *loop.example_batches(config, splits)
-    )
-    print(f"compiled train and eval steps in {compile_seconds:.2f} s", flush=True)
+    compiled = loop.compile_steps(state, *loop.example_batches(config, splits), config.log_grads)
+    print(f"compiled train and eval steps in {compiled.seconds:.2f} s", flush=True)
     num_train = len(splits["train"])
     steps_in_epoch = data.steps_per_epoch(num_train, config.batch_size)
     checkpoints = Checkpoints(path, keep=config.keep)
 
     def on_log(record: loop.LogRecord) -> None:
         print(format_log_line(record, num_train, steps_in_epoch), flush=True)
-        workdir.append_metrics(path, dataclasses.asdict(record))
+        if record.grad_norm is not None:
+            print(format_grad_line(record), flush=True)
+        fields = {
+            key: value for key, value in dataclasses.asdict(record).items() if value is not None
+        }
+        workdir.append_metrics(path, fields)
 
     def on_checkpoint(state: Any, after: Position, test: loop.EvalResult) -> None:
         checkpoints.save(state, after, test.accuracy)
 
     hooks = loop.Hooks(on_log=on_log, on_checkpoint=on_checkpoint, stop_requested=stop)
     try:
-        result = loop.train(config, splits, state, position, train_fn, eval_fn, hooks)
+        result = loop.train(config, splits, state, position, compiled, hooks)
     finally:
         checkpoints.close()
     if not result.stopped:
-        write_summary(path, config, result, compile_seconds)
+        write_summary(path, config, result, compiled.seconds)
     return result
 
 

@@ -21,7 +21,7 @@ import jax
 import optax
 
 from jaxcnn import data, models, steps
-from jaxcnn.checkpoint import CHECKPOINT_DIR, CheckpointError, Checkpoints
+from jaxcnn.checkpoint import CHECKPOINT_DIR, CheckpointError, Checkpoints, Position
 from jaxcnn.config import TrainConfig, UsageError
 
 CONFIG = "config.json"
@@ -112,7 +112,7 @@ def new_state(config: TrainConfig) -> steps.TrainState:
 
 def restore_run(
     workdir: str | Path, step: int | None = None
-) -> tuple[TrainConfig, steps.TrainState, int]:
+) -> tuple[TrainConfig, steps.TrainState, Position, int]:
     """Restore a finished or interrupted run for evaluation or prediction.
 
     Args:
@@ -120,7 +120,7 @@ def restore_run(
         step: the checkpoint to restore; None for the newest.
 
     Returns:
-        The run's config, its state at that checkpoint, and the step restored.
+        The run's config, its state and data position at that checkpoint, and its step.
 
     Raises:
         UsageError: the work dir is missing or holds no run or no checkpoint.
@@ -139,7 +139,7 @@ def restore_run(
         chosen = checkpoints.latest_step() if step is None else step
         if chosen is None:
             raise CheckpointError(f"--workdir {str(workdir)!r} holds no complete checkpoint")
-        state, _ = checkpoints.restore(chosen, like=new_state(config))
+        state, position = checkpoints.restore(chosen, like=new_state(config))
     finally:
         checkpoints.close()
-    return config, state, chosen
+    return config, state, position, chosen

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxcnn import data
+from jaxcnn import data, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,3 +46,13 @@ def data_dir(prepared_mnist: tuple[Path, dict[str, data.Split]]) -> Path:
 @pytest.fixture(scope="session")
 def mnist(prepared_mnist: tuple[Path, dict[str, data.Split]]) -> dict[str, data.Split]:
     return prepared_mnist[1]
+
+
+@pytest.fixture(scope="session")
+def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of 300 steps, logged with --log-grads at steps 1, 101 and 201 and checkpointed
+    at 100, 200 and 300 (about 96% on the test set)."""
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    argv = ["--max-steps", "300", "--checkpoint-every", "100", "--log-grads"]
+    assert train.cli_main([*argv, "--data-dir", str(data_dir), "--workdir", str(workdir)]) == 0
+    return workdir

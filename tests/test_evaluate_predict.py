@@ -14,19 +14,7 @@ import pytest
 from helpers.common import file_digests, run_cli
 from PIL import Image
 
-from jaxcnn import evaluate, images, predict, train
-
-
-@pytest.fixture(scope="module")
-def trained(data_dir, tmp_path_factory) -> Path:
-    """A run of 300 steps with checkpoints at 100, 200 and 300 (96% on the test set)."""
-    workdir = tmp_path_factory.mktemp("trained") / "run"
-    argv = ["--max-steps", "300", "--checkpoint-every", "100", "--log-every", "1000"]
-    assert (
-        run_cli(train.cli_main, [*argv, "--data-dir", str(data_dir), "--workdir", str(workdir)])
-        == 0
-    )
-    return workdir
+from jaxcnn import evaluate, images, predict
 
 
 @pytest.fixture()
