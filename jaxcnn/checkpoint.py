@@ -128,8 +128,12 @@ class Checkpoints:
         """Return the newest complete checkpoint's step, or None if there is none."""
         return self._manager.latest_step()
 
-    def save(self, state: TrainState, position: Position, test_accuracy: float) -> None:
-        """Write a checkpoint of ``state`` at ``position``, then apply the retention rule."""
+    def save(self, state: TrainState, position: Position, test_accuracy: float | None) -> None:
+        """Write a checkpoint of ``state`` at ``position``, then apply the retention rule.
+
+        A checkpoint saved without a test accuracy (a converted one, say) competes for
+        the newest ``keep`` places only, not for the best.
+        """
         tree = _state_tree(state)
         record = {**dataclasses.asdict(position), "state_sha256": tree_sha256(tree)}
         self._manager.save(
@@ -138,7 +142,7 @@ class Checkpoints:
                 state=ocp.args.StandardSave(tree),
                 position=ocp.args.JsonSave(record),
             ),
-            metrics={"test_accuracy": float(test_accuracy)},
+            metrics=None if test_accuracy is None else {"test_accuracy": float(test_accuracy)},
             force=True,
         )
         _write_file_list(self.directory / str(int(state.step)))

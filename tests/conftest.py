@@ -10,6 +10,8 @@ import pytest
 from jaxcnn import data, train
 
 REPO = Path(__file__).resolve().parents[1]
+#: Scripts the tests run as processes; not test modules (--doctest-modules would import them).
+collect_ignore = ["helpers"]
 
 
 def find_manual_dir() -> Path:
