@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from jaxcnn.torch_interop import seed_cnn
+
 
 def read_idx(path: Path) -> np.ndarray:
     """Return the array stored in an IDX file (the MNIST distribution format), gzipped."""
@@ -37,24 +39,6 @@ def load_split(folder: Path, prefix: str) -> torch.utils.data.TensorDataset:
     labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     return torch.utils.data.TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
-
-
-class CNN(nn.Module):
-    """The seed's network, with its names (``conv1.0``, ``conv2.0``, ``out``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Sequential(
-            nn.Conv2d(1, 16, kernel_size=5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(2)
-        )
-        self.conv2 = nn.Sequential(
-            nn.Conv2d(16, 32, kernel_size=5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(2)
-        )
-        self.out = nn.Linear(32 * 7 * 7, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv2(self.conv1(x))
-        return self.out(x.view(x.size(0), -1))
 
 
 def accuracy(net: nn.Module, loader: torch.utils.data.DataLoader) -> float:
@@ -81,7 +65,7 @@ def main() -> None:
     test = load_split(args.manual_dir, "t10k")
     train_loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True)
     test_loader = torch.utils.data.DataLoader(test, batch_size=args.batch_size, shuffle=True)
-    net = CNN()
+    net = seed_cnn()
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(net.parameters(), lr=0.001)
     start = time.perf_counter()
