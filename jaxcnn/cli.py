@@ -10,7 +10,15 @@ from typing import NoReturn
 
 from jaxcnn.checkpoint import CheckpointError
 from jaxcnn.config import UsageError
-from jaxcnn.data import DATA_DIR_ENV, MANUAL_DIR_ENV, DataError
+from jaxcnn.data import (
+    DATA_DIR_ENV,
+    MANUAL_DIR_ENV,
+    DataError,
+    Split,
+    load_dataset,
+    resolve_data_dir,
+    resolve_manual_dir,
+)
 
 #: Exit code for a usage or input error.
 EXIT_USAGE = 2
@@ -40,6 +48,18 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
         help=f"folder holding the four original .gz files, for preparing the dataset "
         f"offline (default: ${MANUAL_DIR_ENV}); needed only the first time, when the "
         f"dataset is not prepared yet and cannot be downloaded",
+    )
+
+
+def load_data(
+    args: argparse.Namespace, dataset: str, splits: tuple[str, ...] = ("train", "test")
+) -> dict[str, Split]:
+    """Load ``dataset``'s ``splits`` from where the data flags (or their variables) point."""
+    return load_dataset(
+        dataset,
+        resolve_data_dir(args.data_dir),
+        resolve_manual_dir(args.manual_dir),
+        splits=splits,
     )
 
 

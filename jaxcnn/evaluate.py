@@ -14,7 +14,14 @@ import jax
 import numpy as np
 
 from jaxcnn import data, loop, steps, workdir
-from jaxcnn.cli import ArgumentParser, add_data_flags, add_restore_flags, exit_process, run_command
+from jaxcnn.cli import (
+    ArgumentParser,
+    add_data_flags,
+    add_restore_flags,
+    exit_process,
+    load_data,
+    run_command,
+)
 from jaxcnn.config import TrainConfig
 
 PROG = "python -m jaxcnn.evaluate"
@@ -104,12 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate a run's checkpoint; return the process exit code."""
     args = build_parser().parse_args(argv)
     config, state, _, step = workdir.restore_run(args.workdir, args.step)
-    splits = data.load_dataset(
-        config.dataset,
-        data.resolve_data_dir(args.data_dir),
-        data.resolve_manual_dir(args.manual_dir),
-        splits=("test",),
-    )
+    splits = load_data(args, config.dataset, ("test",))
     batches = data.fixed_batches(splits["test"], config.eval_batch_size)
     totals = loop.evaluate(jax.jit(steps.eval_step), state, batches)
     predicted, labels = predict_classes(state, batches)

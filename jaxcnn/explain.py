@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from jaxcnn import data, models, steps, workdir
-from jaxcnn.cli import ArgumentParser, add_data_flags, exit_process, run_command
+from jaxcnn.cli import ArgumentParser, add_data_flags, exit_process, load_data, run_command
 from jaxcnn.config import TrainConfig, UsageError
 
 PROG = "python -m jaxcnn.explain"
@@ -423,12 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ).validate()
     if config.batch_size > 60_000:
         raise UsageError(f"--batch-size {config.batch_size}: MNIST has 60000 training images")
-    train = data.load_dataset(
-        config.dataset,
-        data.resolve_data_dir(args.data_dir),
-        data.resolve_manual_dir(args.manual_dir),
-        splits=("train",),
-    )["train"]
+    train = load_data(args, config.dataset, ("train",))["train"]
     indices = data.epoch_permutation(config.seed, 0, len(train))[: config.batch_size]
     batch = data.make_batch(train, indices, np.ones(config.batch_size, np.float32))
     checks, _ = walk_step(workdir.new_state(config), batch, config.learning_rate)

@@ -28,7 +28,14 @@ import jax
 import numpy as np
 
 from jaxcnn import data, steps, workdir
-from jaxcnn.cli import ArgumentParser, add_data_flags, add_restore_flags, exit_process, run_command
+from jaxcnn.cli import (
+    ArgumentParser,
+    add_data_flags,
+    add_restore_flags,
+    exit_process,
+    load_data,
+    run_command,
+)
 from jaxcnn.config import UsageError
 from jaxcnn.trees import layer_norms, named_leaves, update_ratios
 
@@ -193,12 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"--save {str(args.save)!r} exists; choose a new file")
     config, state, position, step = workdir.restore_run(args.workdir, args.step)
     batch_size = args.batch_size or config.batch_size
-    train = data.load_dataset(
-        config.dataset,
-        data.resolve_data_dir(args.data_dir),
-        data.resolve_manual_dir(args.manual_dir),
-        splits=("train",),
-    )["train"]
+    train = load_data(args, config.dataset, ("train",))["train"]
     order = data.epoch_permutation(config.seed, position.epoch, len(train))
     start = (position.batch * config.batch_size) % len(train)
     indices = np.resize(np.roll(order, -start), batch_size)

@@ -23,7 +23,7 @@ import jax
 
 from jaxcnn import data, loop, models, steps, workdir
 from jaxcnn.checkpoint import CHECKPOINT_DIR, Checkpoints, Position, tree_sha256
-from jaxcnn.cli import ArgumentParser, add_data_flags, exit_process, run_command
+from jaxcnn.cli import ArgumentParser, add_data_flags, exit_process, load_data, run_command
 from jaxcnn.config import TrainConfig, UsageError
 
 PROG = "python -m jaxcnn.train"
@@ -377,11 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = restore_latest(requested, config)
         if start or saved:
             print(describe_start(start, requested), flush=True)
-        splits = data.load_dataset(
-            config.dataset,
-            data.resolve_data_dir(args.data_dir),
-            data.resolve_manual_dir(args.manual_dir),
-        )
+        splits = load_data(args, config.dataset)
         path = create_workdir(requested, config)
         if saved is None:
             lock.enter_context(workdir.exclusive(path))
