@@ -358,7 +358,7 @@ def walk_step(
             _check(f"{block} conv backward", "dx = dy * flip(w), dw = x * dy, db = sum dy",
                    conv2d_backward(acts[below], layer["kernel"], d[f"{block}/conv"]), conv_ref)
         )  # fmt: skip
-    (_, _), autodiff = jax.value_and_grad(steps.loss_fn, has_aux=True)(params, state, batch)
+    _, autodiff = steps.loss_and_gradients(state, batch)
     checks.append(_check("gradient", "all of the above, chained", grads, autodiff))
 
     # Adam on autodiff's gradient, so that this stage checks Adam's arithmetic alone: at

@@ -3,8 +3,9 @@
 In PyTorch, ``loss.backward()`` leaves gradients in ``.grad`` buffers. In JAX the
 gradient is returned: a pytree shaped exactly like the parameters, which can be
 printed, saved, compared and plotted like any other value. This module is the toolbox
-for that (:func:`layer_norms` and :func:`update_ratios`, which also run inside the
-compiled step, come from :mod:`jaxcnn.trees`), and ``python -m jaxcnn.grads`` shows the
+for that (:func:`loss_and_gradients` comes from :mod:`jaxcnn.steps`, and
+:func:`layer_norms` and :func:`update_ratios`, which also run inside the compiled step,
+from :mod:`jaxcnn.trees`), and ``python -m jaxcnn.grads`` shows the
 gradient of a checkpoint.
 
 >>> import jax.numpy as jnp
@@ -24,10 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-from jaxcnn import data, steps, workdir
+from jaxcnn import data, workdir
 from jaxcnn.cli import (
     ArgumentParser,
     add_data_flags,
@@ -37,6 +37,7 @@ from jaxcnn.cli import (
     run_command,
 )
 from jaxcnn.config import UsageError
+from jaxcnn.steps import loss_and_gradients
 from jaxcnn.trees import layer_norms, named_leaves, update_ratios
 
 __all__ = [
@@ -89,15 +90,6 @@ class LeafDifference:
     path: str
     max_abs: float
     max_relative: float
-
-
-def loss_and_gradients(state: steps.TrainState, batch: steps.Batch) -> tuple[float, PyTree]:
-    """Return the batch loss and its gradient with respect to ``state.params``.
-
-    This is ``loss.backward()`` as a function: nothing is stored anywhere.
-    """
-    (loss, _), grads = jax.value_and_grad(steps.loss_fn, has_aux=True)(state.params, state, batch)
-    return float(loss), grads
 
 
 def summarize(tree: PyTree) -> list[LeafStats]:
@@ -206,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     indices = np.resize(np.roll(order, -start), batch_size)
     batch = data.make_batch(train, indices, np.ones(batch_size, np.float32))
     loss, grads = loss_and_gradients(state, batch)
+    loss = float(loss)
     print(
         f"gradient at checkpoint step {step} of {args.workdir}, on {batch_size} training "
         f"examples (epoch {position.epoch}, from batch {position.batch}); batch loss {loss:.6f}"

@@ -173,7 +173,7 @@ def batch_of_step(config: TrainConfig, split: data.Split, step: int) -> steps.Ba
 
 def describe_nonfinite(state: steps.TrainState, batch: steps.Batch) -> str:
     """Say which of the loss and the gradient leaves are not finite for ``batch``."""
-    (loss, _), grads = jax.value_and_grad(steps.loss_fn, has_aux=True)(state.params, state, batch)
+    loss, grads = steps.loss_and_gradients(state, batch)
     bad = [path for path, leaf in named_leaves(grads) if not np.all(np.isfinite(leaf))]
     return f"loss {float(loss)}; non-finite gradient leaves: {', '.join(bad) or 'none'}"
 

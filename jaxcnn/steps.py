@@ -130,6 +130,15 @@ def loss_fn(
     return loss, (logits, new_model_state)
 
 
+def loss_and_gradients(state: TrainState, batch: Batch) -> tuple[jax.Array, PyTree]:
+    """Return the batch loss and its gradient with respect to ``state.params``.
+
+    This is ``loss.backward()`` as a function: nothing is stored anywhere.
+    """
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch)
+    return loss, grads
+
+
 def tree_all_finite(tree: PyTree) -> jax.Array:
     """Return a scalar bool: whether every element of every leaf of ``tree`` is finite."""
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
