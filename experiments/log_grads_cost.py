@@ -19,6 +19,7 @@ import numpy as np
 from jaxcnn import loop
 from jaxcnn.config import TrainConfig
 from jaxcnn.data import Split
+from jaxcnn.parallel import create_placement
 from jaxcnn.workdir import new_state
 
 
@@ -29,11 +30,10 @@ def main() -> None:
     config = TrainConfig(log_grads=True)
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (1000, 28, 28, 1), np.uint8), rng.integers(0, 10, 1000))
-    state = new_state(config)
-    compiled = loop.compile_steps(
-        state, *loop.example_batches(config, {"train": split, "test": split}), True
-    )
-    batch, _ = loop.example_batches(config, {"train": split, "test": split})
+    placement = create_placement(1)
+    state = placement.put_state(new_state(config))
+    batch, eval_batch = loop.example_batches(config, {"train": split, "test": split}, placement)
+    compiled = loop.compile_steps(state, batch, eval_batch, placement, log_grads=True)
     times = {"plain step": [], "step with gradient statistics": []}
     functions = {
         "plain step": compiled.train,

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxcnn.parallel import host_value
 from jaxcnn.quiet import absl_errors_only
 from jaxcnn.steps import TrainState
 from jaxcnn.trees import named_leaves
@@ -66,9 +67,9 @@ class Position:
 def tree_sha256(tree: Any) -> str:
     """Return a SHA-256 of a pytree's arrays: each leaf's path, then its bytes, in tree order."""
     digest = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(tree)):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         digest.update(jax.tree_util.keystr(path).encode())
-        digest.update(np.ascontiguousarray(leaf).tobytes())
+        digest.update(np.ascontiguousarray(host_value(leaf)).tobytes())
     return digest.hexdigest()
 
 
@@ -137,7 +138,7 @@ class Checkpoints:
         tree = _state_tree(state)
         record = {**dataclasses.asdict(position), "state_sha256": tree_sha256(tree)}
         self._manager.save(
-            int(state.step),
+            int(host_value(state.step)),
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(tree),
                 position=ocp.args.JsonSave(record),
@@ -145,10 +146,14 @@ class Checkpoints:
             metrics=None if test_accuracy is None else {"test_accuracy": float(test_accuracy)},
             force=True,
         )
-        _write_file_list(self.directory / str(int(state.step)))
+        if jax.process_index() == 0:
+            _write_file_list(self.directory / str(int(host_value(state.step))))
 
     def restore(self, step: int, like: TrainState) -> tuple[TrainState, Position]:
         """Return the state and position saved at ``step``, shaped and typed like ``like``.
+
+        The arrays come back with ``like``'s shardings, so a checkpoint written by any
+        number of devices or processes restores onto any other layout.
 
         Raises:
             CheckpointError: no complete checkpoint at ``step``, or it cannot be read as
@@ -160,7 +165,7 @@ class Checkpoints:
             raise CheckpointError(
                 f"no checkpoint at step {step} in {self.directory} (available: {listing})"
             )
-        abstract = jax.eval_shape(lambda: _state_tree(like))
+        abstract = jax.tree.map(_abstract_leaf, _state_tree(like))
         try:
             _verify_files(self.directory / str(step))
             tree, position = self._restore_checked(step, abstract)
@@ -196,6 +201,11 @@ class Checkpoints:
     def close(self) -> None:
         """Wait for pending work and release the manager."""
         self._manager.close()
+
+
+def _abstract_leaf(leaf: Any) -> jax.ShapeDtypeStruct:
+    """Return the shape, dtype and (for a placed array) sharding that ``leaf`` restores to."""
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None))
 
 
 def _check_like(tree: Any, abstract: Any) -> None:

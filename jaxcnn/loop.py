@@ -20,6 +20,7 @@ import numpy as np
 from jaxcnn import data, steps
 from jaxcnn.checkpoint import Position
 from jaxcnn.config import TrainConfig
+from jaxcnn.parallel import Placement, any_process, host_value
 from jaxcnn.trees import named_leaves
 
 TrainFn = Callable[[steps.TrainState, steps.Batch], tuple[steps.TrainState, steps.Metrics]]
@@ -117,24 +118,37 @@ def compile_steps(
     state: steps.TrainState,
     train_batch: steps.Batch,
     eval_batch: steps.Batch,
+    placement: Placement,
     log_grads: bool = False,
 ) -> CompiledSteps:
     """Compile ``train_step`` (state buffers donated) and ``eval_step`` ahead of time.
 
-    With ``log_grads`` the step that also measures gradients is compiled too, apart,
-    so the steps between log points run exactly the plain step. Under
+    Both are compiled for ``placement``: the state replicated, the batch split along
+    the mesh's ``data`` axis, so that with several devices XLA sums the gradients with
+    an all-reduce. With ``log_grads`` the step that also measures gradients is compiled
+    too, apart, so the steps between log points run exactly the plain step. Under
     ``jax_debug_nans`` the jitted functions are returned uncompiled, since the checks
     that find the failing operation work on those.
     """
     start = time.perf_counter()
+    shardings = {
+        "in_shardings": (placement.replicated, placement.batch_sharding),
+        "out_shardings": (placement.replicated, placement.replicated),
+    }
     functions = {
-        "train": jax.jit(steps.train_step, donate_argnums=0),
+        "train": jax.jit(steps.train_step, donate_argnums=0, **shardings),
         "train_with_stats": jax.jit(
-            functools.partial(steps.train_step, with_grad_stats=True), donate_argnums=0
+            functools.partial(steps.train_step, with_grad_stats=True),
+            donate_argnums=0,
+            **shardings,
         )
         if log_grads
         else None,
-        "eval": jax.jit(steps.eval_step),
+        "eval": jax.jit(
+            steps.eval_step,
+            in_shardings=shardings["in_shardings"],
+            out_shardings=placement.replicated,
+        ),
     }
     if not jax.config.jax_debug_nans:
         batches = {"train": train_batch, "train_with_stats": train_batch, "eval": eval_batch}
@@ -149,11 +163,28 @@ def evaluate(
     eval_fn: EvalFn, state: steps.TrainState, batches: Sequence[steps.Batch]
 ) -> EvalResult:
     """Return loss and accuracy of ``state`` over all ``batches`` (a whole split, padded)."""
-    totals = jax.device_get([eval_fn(state, batch) for batch in batches])
+    results = [eval_fn(state, batch) for batch in batches]  # dispatch all, then read back
+    totals = [jax.tree.map(host_value, result) for result in results]
     loss_sum = sum(float(t["loss_sum"]) for t in totals)
     correct = sum(int(t["correct"]) for t in totals)
     count = sum(int(t["count"]) for t in totals)
     return EvalResult(loss=loss_sum / count, accuracy=correct / count, correct=correct, count=count)
+
+
+def placed_eval_batches(
+    split: data.Split, batch_size: int, placement: Placement
+) -> list[steps.Batch]:
+    """Return ``split`` as padded batches on ``placement``'s mesh, for :func:`evaluate`.
+
+    The batch size is rounded up to a multiple of the device count; padding is masked,
+    so every example still counts once.
+    """
+    size = placement.round_up(batch_size)
+    rows = placement.local_rows(size)
+    return [
+        placement.put_batch({key: value[rows] for key, value in batch.items()}, size)
+        for batch in data.fixed_batches(split, size)
+    ]
 
 
 def total_steps(config: TrainConfig, num_train: int) -> int:
@@ -173,7 +204,7 @@ def batch_of_step(config: TrainConfig, split: data.Split, step: int) -> steps.Ba
 
 def describe_nonfinite(state: steps.TrainState, batch: steps.Batch) -> str:
     """Say which of the loss and the gradient leaves are not finite for ``batch``."""
-    loss, grads = steps.loss_and_gradients(state, batch)
+    loss, grads = steps.loss_and_gradients(jax.tree.map(host_value, state), batch)
     bad = [path for path, leaf in named_leaves(grads) if not np.all(np.isfinite(leaf))]
     return f"loss {float(loss)}; non-finite gradient leaves: {', '.join(bad) or 'none'}"
 
@@ -185,8 +216,12 @@ def train(
     position: Position,
     compiled: CompiledSteps,
     hooks: Hooks,
+    placement: Placement,
 ) -> TrainResult:
     """Run ``config``'s epochs from ``state`` at ``position`` until done or asked to stop.
+
+    Every process of a multi-process run calls this with the same arguments; each
+    feeds its own rows of every global batch (see :mod:`jaxcnn.parallel`).
 
     A log point is every ``config.log_every``-th batch of an epoch, counting from 0 as
     the seed does; each evaluates the whole test set. A checkpoint is due every
@@ -198,7 +233,8 @@ def train(
             before that step, and no checkpoint is written of it.
     """
     train_split = splits["train"]
-    test_batches = data.fixed_batches(splits["test"], config.eval_batch_size)
+    test_batches = placed_eval_batches(splits["test"], config.eval_batch_size, placement)
+    rows = placement.local_rows(config.batch_size)
     per_epoch = data.steps_per_epoch(len(train_split), config.batch_size)
     checkpoint_every = config.checkpoint_every or per_epoch
     steps_to_take = total_steps(config, len(train_split))
@@ -225,14 +261,17 @@ def train(
                 if log_due and compiled.train_with_stats
                 else compiled.train
             )
-            state, metrics = step_fn(state, data.make_batch(train_split, indices, mask))
+            local_batch = data.make_batch(train_split, indices[rows], mask[rows])
+            state, metrics = step_fn(state, placement.put_batch(local_batch, config.batch_size))
+            if placement.wait_every_step:
+                jax.block_until_ready(metrics)
             pending.append(metrics)
             taken += 1
-            stopped = hooks.stop_requested()
+            stopped = _stop_agreed(hooks, placement, log_due)
             checkpoint_due = stopped or taken % checkpoint_every == 0 or taken == steps_to_take
             if not (log_due or checkpoint_due):
                 continue
-            fetched = jax.device_get(pending)  # the loop's only host syncs are here
+            fetched = jax.tree.map(host_value, pending)  # the loop's only host syncs are here
             pending.clear()
             _raise_if_nonfinite(config, train_split, state)
             correct += int(sum(m["correct"] for m in fetched))
@@ -272,6 +311,17 @@ def train(
     )
 
 
+def _stop_agreed(hooks: Hooks, placement: Placement, log_due: bool) -> bool:
+    """Return whether to stop after this step.
+
+    One process polls its stop request after every step. Several processes must stop
+    after the same step, so they agree at log points only (a collective there).
+    """
+    if placement.num_processes == 1:
+        return hooks.stop_requested()
+    return log_due and any_process(hooks.stop_requested())
+
+
 def _floats(values: dict[str, Any] | None) -> dict[str, float] | None:
     """Return a dict of fetched device scalars as Python floats (None stays None)."""
     return None if values is None else {key: float(value) for key, value in values.items()}
@@ -294,7 +344,7 @@ def _position_of_step(seed: int, taken: int, per_epoch: int) -> Position:
 
 def _raise_if_nonfinite(config: TrainConfig, split: data.Split, state: steps.TrainState) -> None:
     """Raise :class:`NonFiniteError` if a step of ``state`` went non-finite."""
-    bad_step = int(state.nonfinite_step)
+    bad_step = int(host_value(state.nonfinite_step))
     if bad_step == 0:
         return
     per_epoch = data.steps_per_epoch(len(split), config.batch_size)
@@ -308,10 +358,14 @@ def _raise_if_nonfinite(config: TrainConfig, split: data.Split, state: steps.Tra
 
 
 def example_batches(
-    config: TrainConfig, splits: dict[str, data.Split]
+    config: TrainConfig, splits: dict[str, data.Split], placement: Placement
 ) -> tuple[steps.Batch, steps.Batch]:
-    """Return one training and one evaluation batch of the shapes the loop will use."""
-    indices = np.zeros(config.batch_size, np.int64)
-    train_batch = data.make_batch(splits["train"], indices, np.ones(config.batch_size, np.float32))
-    eval_batch = data.fixed_batches(splits["test"], config.eval_batch_size)[0]
+    """Return one training and one evaluation batch of the shapes and layout the loop uses."""
+    rows = placement.local_rows(config.batch_size)
+    indices = np.zeros(config.batch_size, np.int64)[rows]
+    mask = np.ones(config.batch_size, np.float32)[rows]
+    train_batch = placement.put_batch(
+        data.make_batch(splits["train"], indices, mask), config.batch_size
+    )
+    eval_batch = placed_eval_batches(splits["test"], config.eval_batch_size, placement)[0]
     return train_batch, eval_batch

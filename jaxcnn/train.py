@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import os
 import shlex
 import signal
 import sys
@@ -21,7 +22,7 @@ from typing import Any
 
 import jax
 
-from jaxcnn import data, loop, models, steps, workdir
+from jaxcnn import data, loop, models, parallel, steps, workdir
 from jaxcnn.checkpoint import CHECKPOINT_DIR, Checkpoints, Position, tree_sha256
 from jaxcnn.cli import ArgumentParser, add_data_flags, exit_process, load_data, run_command
 from jaxcnn.config import TrainConfig, UsageError
@@ -129,12 +130,82 @@ def build_parser() -> ArgumentParser:
         help="add each layer's gradient norm and update-to-parameter ratio to every log "
         "line and to metrics.jsonl (computed at log points only)",
     )
+    add_parallel_flags(parser)
     parser.add_argument(
         "--debug-nans",
         action="store_true",
         help="turn on jax_debug_nans, so a NaN stops at the operation that made it (slow)",
     )
     return parser
+
+
+def add_parallel_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the flags that spread training over devices and processes."""
+    group = parser.add_argument_group(
+        "devices and processes",
+        "Data parallelism: every global batch (--batch-size) is split evenly among the "
+        "devices, the parameters are replicated, and XLA all-reduces the gradients.",
+    )
+    group.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="devices to use in each process (default: all of this process's devices); "
+        "--batch-size must be a multiple of the total",
+    )
+    group.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        help="address of process 0 for a multi-process run, the same in every process "
+        "(default: $JAX_COORDINATOR_ADDRESS); calls jax.distributed.initialize",
+    )
+    group.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="P",
+        default=os.environ.get("JAX_NUM_PROCESSES", "1"),
+        help="processes in the run (default: $JAX_NUM_PROCESSES, else 1)",
+    )
+    group.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        default=os.environ.get("JAX_PROCESS_ID", "0"),
+        help="this process's number, 0 to P-1; only process 0 prints and writes the "
+        "work dir's files (default: $JAX_PROCESS_ID, else 0)",
+    )
+
+
+def create_placement(args: argparse.Namespace, config: TrainConfig) -> parallel.Placement:
+    """Join the multi-process run if one is asked for; return the devices' placement.
+
+    Raises:
+        UsageError: the process flags are inconsistent, a multi-process run has no
+            --workdir, or the batch size does not split among the devices.
+    """
+    if args.num_processes != 1 or args.coordinator:
+        if not args.coordinator:
+            raise UsageError(f"--num-processes {args.num_processes} needs --coordinator HOST:PORT")
+        if not args.workdir:
+            raise UsageError(
+                "--coordinator: a multi-process run needs --workdir, a folder every process "
+                "can reach"
+            )
+        if args.process_id != 0:
+            discard_stdout()  # only process 0 prints; errors still reach stderr
+        parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    placement = parallel.create_placement(args.devices)
+    placement.check_batch_size("--batch-size", config.batch_size)
+    return placement
+
+
+def discard_stdout() -> None:
+    """Send this process's standard output, Python's and native libraries', to the null device."""
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -198,8 +269,10 @@ class StartPoint:
     step: int
 
 
-def restore_latest(path: Path | None, config: TrainConfig) -> StartPoint | None:
-    """Return the newest checkpoint in ``path`` to continue from, if there is one."""
+def restore_latest(
+    path: Path | None, config: TrainConfig, placement: parallel.Placement
+) -> StartPoint | None:
+    """Return the newest checkpoint in ``path`` to continue from, placed on the devices."""
     if path is None or not (path / CHECKPOINT_DIR).is_dir():
         return None
     checkpoints = Checkpoints(path, read_only=True)
@@ -207,7 +280,8 @@ def restore_latest(path: Path | None, config: TrainConfig) -> StartPoint | None:
         step = checkpoints.latest_step()
         if step is None:
             return None
-        state, position = checkpoints.restore(step, like=workdir.new_state(config))
+        like = placement.put_state(workdir.new_state(config))
+        state, position = checkpoints.restore(step, like=like)
     finally:
         checkpoints.close()
     if position.seed != config.seed:
@@ -301,14 +375,23 @@ def run_training(
     path: Path,
     start: StartPoint | None,
     stop: StopRequest,
+    placement: parallel.Placement,
 ) -> loop.TrainResult:
-    """Train from ``start`` (or from scratch), logging and checkpointing into ``path``."""
+    """Train from ``start`` (or from scratch), logging and checkpointing into ``path``.
+
+    In a multi-process run every process calls this; only process 0 writes the work
+    dir's files, and all of them write their part of each checkpoint.
+    """
     if start is None:
         start = StartPoint(
-            workdir.new_state(config), Position(epoch=0, batch=0, seed=config.seed), 0
+            placement.put_state(workdir.new_state(config)),
+            Position(epoch=0, batch=0, seed=config.seed),
+            0,
         )
     state, position = start.state, start.position
-    compiled = loop.compile_steps(state, *loop.example_batches(config, splits), config.log_grads)
+    compiled = loop.compile_steps(
+        state, *loop.example_batches(config, splits, placement), placement, config.log_grads
+    )
     print(f"compiled train and eval steps in {compiled.seconds:.2f} s", flush=True)
     num_train = len(splits["train"])
     steps_in_epoch = data.steps_per_epoch(num_train, config.batch_size)
@@ -321,23 +404,28 @@ def run_training(
         fields = {
             key: value for key, value in dataclasses.asdict(record).items() if value is not None
         }
-        workdir.append_metrics(path, fields)
+        if jax.process_index() == 0:
+            workdir.append_metrics(path, fields)
 
     def on_checkpoint(state: Any, after: Position, test: loop.EvalResult) -> None:
         checkpoints.save(state, after, test.accuracy)
 
     hooks = loop.Hooks(on_log=on_log, on_checkpoint=on_checkpoint, stop_requested=stop)
     try:
-        result = loop.train(config, splits, state, position, compiled, hooks)
+        result = loop.train(config, splits, state, position, compiled, hooks, placement)
     finally:
         checkpoints.close()
-    if not result.stopped:
-        write_summary(path, config, result, compiled.seconds)
+    if not result.stopped and jax.process_index() == 0:
+        write_summary(path, config, result, compiled.seconds, placement)
     return result
 
 
 def write_summary(
-    path: Path, config: TrainConfig, result: loop.TrainResult, compile_seconds: float
+    path: Path,
+    config: TrainConfig,
+    result: loop.TrainResult,
+    compile_seconds: float,
+    placement: parallel.Placement,
 ) -> None:
     """Write ``summary.json`` and print the closing line."""
     summary = {
@@ -348,7 +436,8 @@ def write_summary(
         "train_seconds": result.train_seconds,
         "compile_seconds": compile_seconds,
         "backend": jax.default_backend(),
-        "devices": [str(device) for device in jax.devices()],
+        "devices": [str(device) for device in placement.mesh.devices.flat],
+        "processes": placement.num_processes,
         "params_sha256": tree_sha256(result.state.params),
         "config": config.to_dict(),
     }
@@ -369,38 +458,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.debug_nans:
         jax.config.update("jax_debug_nans", True)
     requested = Path(args.workdir) if args.workdir else None
-    with contextlib.ExitStack() as lock:
+    placement = create_placement(args, config)
+    primary = jax.process_index() == 0
+    with contextlib.ExitStack() as context:
         saved = inspect_workdir(requested, config, args.override)
-        if saved is not None:  # a run is there: lock it before reading its checkpoints
-            lock.enter_context(workdir.exclusive(requested))
-        print(f"backend: {jax.default_backend()}, devices: {jax.devices()}", flush=True)
-        start = restore_latest(requested, config)
+        if saved is not None and primary:  # a run is there: lock it before reading it
+            context.enter_context(workdir.exclusive(requested))
+        print(f"backend: {jax.default_backend()}, {describe_devices(placement)}", flush=True)
+        start = restore_latest(requested, config, placement)
         if start or saved:
             print(describe_start(start, requested), flush=True)
         splits = load_data(args, config.dataset)
-        path = create_workdir(requested, config)
-        if saved is None:
-            lock.enter_context(workdir.exclusive(path))
         resumed_step = start.step if start else 0
-        save_config(path, config, saved, resumed_step)
-        workdir.truncate_metrics(path, resumed_step)
+        if primary:
+            path = create_workdir(requested, config)
+            if saved is None:
+                context.enter_context(workdir.exclusive(path))
+            save_config(path, config, saved, resumed_step)
+            workdir.truncate_metrics(path, resumed_step)
+        else:
+            path = requested
+        parallel.barrier("workdir ready")
         stop = StopRequest()
         try:
             with stop_on_signals(stop):
-                result = run_training(config, splits, path, start, stop)
+                result = run_training(config, splits, path, start, stop, placement)
         except (loop.NonFiniteError, FloatingPointError) as error:  # the latter: --debug-nans
             print(f"{PROG}: error: {nonfinite_message(error, path)}", file=sys.stderr)
             return EXIT_NONFINITE
-    if result.stopped:
-        name = signal.Signals(stop.signum).name
-        print(
-            f"stopped by {name} after step {result.steps} (epoch {result.position.epoch}, "
-            f"batch {result.position.batch}); checkpoint saved in {path / CHECKPOINT_DIR}. "
-            f"Resume with: {resume_command(argv, path, requested is not None)}",
-            flush=True,
-        )
-        return 128 + stop.signum
+        if result.stopped:
+            signum = stop.signum or signal.SIGTERM  # another process may have got it
+            print(
+                f"stopped by {signal.Signals(signum).name} after step {result.steps} (epoch "
+                f"{result.position.epoch}, batch {result.position.batch}); checkpoint saved in "
+                f"{path / CHECKPOINT_DIR}. Resume with: "
+                f"{resume_command(argv, path, requested is not None)}",
+                flush=True,
+            )
+            return 128 + signum
     return 0
+
+
+def describe_devices(placement: parallel.Placement) -> str:
+    """Say which devices the run uses, and in how many processes."""
+    devices = list(placement.mesh.devices.flat)
+    processes = f" in {placement.num_processes} processes" if placement.num_processes > 1 else ""
+    return f"devices: {devices}{processes}"
 
 
 def describe_start(start: StartPoint | None, path: Path) -> str:
