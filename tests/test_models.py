@@ -28,12 +28,35 @@ def test_every_layer_output_shape():
         {"params": params}, images, capture_intermediates=True, mutable=["intermediates"]
     )
     layers = state["intermediates"]
-    chex.assert_shape(layers["conv1"]["conv"]["__call__"][0], (BATCH, 28, 28, 16))
-    chex.assert_shape(layers["conv1"]["__call__"][0], (BATCH, 14, 14, 16))
-    chex.assert_shape(layers["conv2"]["conv"]["__call__"][0], (BATCH, 14, 14, 32))
-    chex.assert_shape(layers["conv2"]["__call__"][0], (BATCH, 7, 7, 32))
+    conv1_out = layers["conv1"]["__call__"][0]
+    conv2_out = layers["conv2"]["__call__"][0]
+    chex.assert_shape(conv1_out, (BATCH, 14, 14, 16))
+    chex.assert_shape(conv2_out, (BATCH, 7, 7, 32))
     chex.assert_shape(layers["out"]["__call__"][0], (BATCH, 10))
     chex.assert_shape(logits, (BATCH, 10))
+    # The convolutions before pooling (each block computes them fused with the pool).
+    conv1, conv2 = params["conv1"]["conv"]["kernel"], params["conv2"]["conv"]["kernel"]
+    chex.assert_shape(models.conv2d_same(images, conv1), (BATCH, 28, 28, 16))
+    chex.assert_shape(models.conv2d_same(conv1_out, conv2), (BATCH, 14, 14, 32))
+
+
+def test_space_to_depth_conv_pool_equals_conv_then_pool_in_value_and_gradient():
+    images = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1), jnp.float32)
+    kernel = jax.random.normal(jax.random.key(2), (5, 5, 1, 16), jnp.float32)
+    cotangent = jax.random.normal(jax.random.key(3), (3, 14, 14, 16), jnp.float32)
+
+    def plain(kernel):
+        return jnp.sum(models.max_pool_2x2(models.conv2d_same(images, kernel)) * cotangent)
+
+    def fused(kernel):
+        return jnp.sum(models.conv_max_pool_space_to_depth(images, kernel) * cotangent)
+
+    np.testing.assert_allclose(
+        models.conv_max_pool_space_to_depth(images, kernel),
+        models.max_pool_2x2(models.conv2d_same(images, kernel)),
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(jax.grad(fused)(kernel), jax.grad(plain)(kernel), rtol=1e-4)
 
 
 def test_parameter_count_and_shapes():
