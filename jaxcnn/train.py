@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 
-from jaxcnn import data, loop, models, steps, workdir
+from jaxcnn import data, loop, models, progress, steps, tb, workdir
 from jaxcnn.checkpoint import CHECKPOINT_DIR, Checkpoints, Position, tree_sha256
 from jaxcnn.cli import ArgumentParser, add_data_flags, exit_process, load_data, run_command
 from jaxcnn.config import TrainConfig, UsageError
@@ -128,6 +128,12 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="add each layer's gradient norm and update-to-parameter ratio to every log "
         "line and to metrics.jsonl (computed at log points only)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar; without this flag a bar per epoch (steps, steps/s, time "
+        "left, last loss) is shown under the log lines when the output is a terminal",
     )
     parser.add_argument(
         "--debug-nans",
@@ -301,8 +307,13 @@ def run_training(
     path: Path,
     start: StartPoint | None,
     stop: StopRequest,
+    show_progress: bool = False,
 ) -> loop.TrainResult:
-    """Train from ``start`` (or from scratch), logging and checkpointing into ``path``."""
+    """Train from ``start`` (or from scratch), logging and checkpointing into ``path``.
+
+    With ``show_progress`` and a terminal on stdout, a bar per epoch goes under the log
+    lines. The log records also go to ``metrics.jsonl`` and to TensorBoard (``tb/``).
+    """
     if start is None:
         start = StartPoint(
             workdir.new_state(config), Position(epoch=0, batch=0, seed=config.seed), 0
@@ -313,23 +324,43 @@ def run_training(
     num_train = len(splits["train"])
     steps_in_epoch = data.steps_per_epoch(num_train, config.batch_size)
     checkpoints = Checkpoints(path, keep=config.keep)
+    board = tb.Board(path / tb.TB_DIR, config)
+    display = progress.for_stream(
+        show_progress,
+        sys.stdout,
+        steps_in_epoch,
+        loop.total_steps(config, num_train),
+        position.epoch * steps_in_epoch + position.batch,
+    )
 
     def on_log(record: loop.LogRecord) -> None:
-        print(format_log_line(record, num_train, steps_in_epoch), flush=True)
+        display.write(format_log_line(record, num_train, steps_in_epoch))
         if record.grad_norm is not None:
-            print(format_grad_line(record), flush=True)
-        fields = {
-            key: value for key, value in dataclasses.asdict(record).items() if value is not None
+            display.write(format_grad_line(record))
+        display.show_loss(record.loss)
+        fields = {  # without the timing, which a resumed run would not reproduce
+            key: value
+            for key, value in dataclasses.asdict(record).items()
+            if value is not None and key != "step_seconds"
         }
         workdir.append_metrics(path, fields)
+        board.write(record)
 
     def on_checkpoint(state: Any, after: Position, test: loop.EvalResult) -> None:
         checkpoints.save(state, after, test.accuracy)
+        board.cut()  # a resumed run drops the event files after its checkpoint (jaxcnn.tb)
 
-    hooks = loop.Hooks(on_log=on_log, on_checkpoint=on_checkpoint, stop_requested=stop)
+    hooks = loop.Hooks(
+        on_log=on_log,
+        on_checkpoint=on_checkpoint,
+        stop_requested=stop,
+        on_progress=display.advance,
+    )
     try:
         result = loop.train(config, splits, state, position, compiled, hooks)
     finally:
+        display.close()
+        board.close()
         checkpoints.close()
     if not result.stopped:
         write_summary(path, config, result, compiled.seconds)
@@ -384,10 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         resumed_step = start.step if start else 0
         save_config(path, config, saved, resumed_step)
         workdir.truncate_metrics(path, resumed_step)
+        tb.truncate(path / tb.TB_DIR, resumed_step)
         stop = StopRequest()
         try:
-            with stop_on_signals(stop):
-                result = run_training(config, splits, path, start, stop)
+            with recording_status(path, resumed_step), stop_on_signals(stop):
+                result = run_training(config, splits, path, start, stop, not args.no_progress)
+                record_end(path, result, stop)
         except (loop.NonFiniteError, FloatingPointError) as error:  # the latter: --debug-nans
             print(f"{PROG}: error: {nonfinite_message(error, path)}", file=sys.stderr)
             return EXIT_NONFINITE
@@ -401,6 +434,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 128 + stop.signum
     return 0
+
+
+@contextlib.contextmanager
+def recording_status(path: Path, resumed_step: int) -> Iterator[None]:
+    """Mark the run in ``path`` running; if the block raises, mark it failed or interrupted.
+
+    ``status.json`` is what ``jaxcnn.runs`` reads; a normal end is recorded by
+    :func:`record_end`.
+    """
+    workdir.write_status(path, workdir.RUNNING, resumed_step)
+    try:
+        yield
+    except (loop.NonFiniteError, FloatingPointError) as error:
+        workdir.write_status(
+            path,
+            workdir.FAILED,
+            getattr(error, "step", None),
+            exit_code=EXIT_NONFINITE,
+            reason="non-finite loss or gradient",
+            message=str(error).splitlines()[0],
+        )
+        raise
+    except KeyboardInterrupt:  # a second signal while stopping
+        workdir.write_status(path, workdir.INTERRUPTED, None, reason="second signal")
+        raise
+    except Exception as error:
+        workdir.write_status(
+            path, workdir.FAILED, None, reason=type(error).__name__, message=str(error)
+        )
+        raise
+
+
+def record_end(path: Path, result: loop.TrainResult, stop: StopRequest) -> None:
+    """Mark the run in ``path`` finished, or interrupted by the signal that stopped it."""
+    if not result.stopped:
+        workdir.write_status(path, workdir.FINISHED, result.steps, exit_code=0)
+        return
+    workdir.write_status(
+        path,
+        workdir.INTERRUPTED,
+        result.steps,
+        exit_code=128 + stop.signum,
+        reason=signal.Signals(stop.signum).name,
+    )
 
 
 def describe_start(start: StartPoint | None, path: Path) -> str:
