@@ -1,19 +1,21 @@
 """``python -m jaxcnn.evaluate``: test loss, accuracy, per-class accuracy and confusion matrix.
 
 Restores a checkpoint of a run (the newest, or ``--step N``) and evaluates it on the
-whole test set of the run's dataset, each image counted once.
+whole test set of the run's dataset, each image counted once. With ``--gallery PNG`` it
+also draws the misclassified test images, most confident first (see jaxcnn.gallery).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxcnn import data, loop, steps, workdir
+from jaxcnn import data, gallery, loop, steps, workdir
 from jaxcnn.cli import (
     ArgumentParser,
     add_data_flags,
@@ -22,7 +24,7 @@ from jaxcnn.cli import (
     load_data,
     run_command,
 )
-from jaxcnn.config import TrainConfig
+from jaxcnn.config import TrainConfig, UsageError
 
 PROG = "python -m jaxcnn.evaluate"
 
@@ -37,21 +39,35 @@ def build_parser() -> ArgumentParser:
     )
     add_restore_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--gallery",
+        metavar="PNG",
+        help="also save a grid of the misclassified test images to this new .png file, "
+        "the most confident mistakes first, each with its true and predicted class and "
+        "the model's probability; an existing file is refused, never overwritten",
+    )
+    parser.add_argument(
+        "--gallery-max",
+        type=int,
+        default=gallery.DEFAULT_LIMIT,
+        metavar="N",
+        help="draw at most N mistakes, the most confident ones (default: %(default)s)",
+    )
     add_data_flags(parser)
     return parser
 
 
-def predict_classes(
+def predict_probabilities(
     state: steps.TrainState, batches: Sequence[steps.Batch]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return the predicted and the true class of every real example in ``batches``."""
-    predict = jax.jit(lambda state, images: steps.predict_logits(state, images).argmax(-1))
-    predicted, labels = [], []
+    """Return the class probabilities (N, classes) and the true class of every real example."""
+    predict = jax.jit(lambda state, images: jax.nn.softmax(steps.predict_logits(state, images)))
+    probabilities, labels = [], []
     for batch in batches:
         real = batch["mask"] > 0
-        predicted.append(np.asarray(predict(state, batch["image"]))[real])
+        probabilities.append(np.asarray(predict(state, batch["image"]))[real])
         labels.append(batch["label"][real])
-    return np.concatenate(predicted), np.concatenate(labels)
+    return np.concatenate(probabilities), np.concatenate(labels)
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -104,19 +120,53 @@ def format_report(report: dict[str, Any], workdir_name: str) -> str:
     lines.append(" " * (width + 2) + "".join(f"{i:>6}" for i in range(len(names))))
     for index, name in enumerate(names):
         lines.append(f"  {name:>{width}}" + "".join(f"{count:>6}" for count in matrix[index]))
+    if "gallery" in report:
+        drawn = report["gallery"]
+        lines += [
+            "",
+            f"wrote {drawn['path']}: {drawn['drawn']} of {drawn['mistakes']} misclassified "
+            "test images, most confident first",
+        ]
     return "\n".join(lines)
+
+
+def write_gallery(
+    path: Path,
+    split: data.Split,
+    mistakes: gallery.Mistakes,
+    config: TrainConfig,
+    title: str,
+) -> dict[str, Any]:
+    """Draw ``mistakes`` of the test ``split`` into a new PNG; return what was drawn."""
+    names = data.DATASETS[config.dataset].class_names
+    picture = gallery.draw(split.images[mistakes.indices], mistakes, names, title)
+    gallery.save(picture, mistakes, path)
+    return {"path": str(path), "drawn": len(mistakes.indices), "mistakes": mistakes.total}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate a run's checkpoint; return the process exit code."""
     args = build_parser().parse_args(argv)
+    target = Path(args.gallery) if args.gallery else None
+    if target is not None:
+        gallery.check_target(target)
+    if args.gallery_max <= 0:
+        raise UsageError(f"--gallery-max {args.gallery_max}: must be a positive integer")
     config, state, _, step = workdir.restore_run(args.workdir, args.step)
     splits = load_data(args, config.dataset, ("test",))
     batches = data.fixed_batches(splits["test"], config.eval_batch_size)
     totals = loop.evaluate(jax.jit(steps.eval_step), state, batches)
-    predicted, labels = predict_classes(state, batches)
+    probabilities, labels = predict_probabilities(state, batches)
     num_classes = data.DATASETS[config.dataset].num_classes
-    report = build_report(config, step, totals, confusion_matrix(labels, predicted, num_classes))
+    matrix = confusion_matrix(labels, probabilities.argmax(-1), num_classes)
+    report = build_report(config, step, totals, matrix)
+    if target is not None:
+        mistakes = gallery.find_mistakes(probabilities, labels, args.gallery_max)
+        title = (
+            f"{len(mistakes.indices)} of {mistakes.total} misclassified test images, most "
+            f"confident first: {config.model} on {config.dataset}, step {step} of {args.workdir}"
+        )
+        report["gallery"] = write_gallery(target, splits["test"], mistakes, config, title)
     print(json.dumps(report, indent=2) if args.json else format_report(report, args.workdir))
     return 0
 

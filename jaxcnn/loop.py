@@ -51,7 +51,9 @@ class LogRecord:
 
     ``batch`` is the index of the batch just trained on within its epoch, ``step`` the
     number of steps taken in all, ``train_accuracy`` the running accuracy over the
-    epoch's batches so far.
+    epoch's batches so far. ``step_seconds`` is the wall time per step since the
+    previous sync point, test passes and checkpoints excluded; it differs between runs,
+    so it is not part of ``metrics.jsonl``.
     """
 
     step: int
@@ -64,6 +66,7 @@ class LogRecord:
     test_loss: float
     grad_norm: dict[str, float] | None = None
     update_ratio: dict[str, float] | None = None
+    step_seconds: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +97,15 @@ class Hooks:
             after it and the test evaluation of that state.
         stop_requested: polled after every step (host only); True ends the loop after
             a checkpoint.
+        on_progress: called with the number of steps taken in all, from the host's
+            counter (no device sync), after every step or, in a loop that runs several
+            steps at once, after each chunk of steps.
     """
 
     on_log: Callable[[LogRecord], None]
     on_checkpoint: Callable[[steps.TrainState, Position, EvalResult], None]
     stop_requested: Callable[[], bool] = lambda: False
+    on_progress: Callable[[int], None] = lambda taken: None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +249,7 @@ def train(
     correct, count = position.correct, position.count
     stopped = False
     start = time.perf_counter()
+    resumed_at, resumed_taken = start, taken  # after the last sync point's host work
     for epoch in range(position.epoch, config.epochs):
         if taken >= steps_to_take or stopped:
             break
@@ -267,11 +275,13 @@ def train(
                 jax.block_until_ready(metrics)
             pending.append(metrics)
             taken += 1
+            hooks.on_progress(taken)
             stopped = _stop_agreed(hooks, placement, log_due)
             checkpoint_due = stopped or taken % checkpoint_every == 0 or taken == steps_to_take
             if not (log_due or checkpoint_due):
                 continue
             fetched = jax.tree.map(host_value, pending)  # the loop's only host syncs are here
+            step_seconds = (time.perf_counter() - resumed_at) / (taken - resumed_taken)
             pending.clear()
             _raise_if_nonfinite(config, train_split, state)
             correct += int(sum(m["correct"] for m in fetched))
@@ -290,11 +300,13 @@ def train(
                         test_loss=test.loss,
                         grad_norm=_floats(fetched[-1].get("grad_norm")),
                         update_ratio=_floats(fetched[-1].get("update_ratio")),
+                        step_seconds=step_seconds,
                     )
                 )
             if checkpoint_due:
                 after = _position_after(config.seed, epoch, batch_index, per_epoch, correct, count)
                 hooks.on_checkpoint(state, after, test)
+            resumed_at, resumed_taken = time.perf_counter(), taken
             if stopped:
                 break
     state = jax.block_until_ready(state)

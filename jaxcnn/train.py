@@ -22,7 +22,7 @@ from typing import Any
 
 import jax
 
-from jaxcnn import data, loop, models, parallel, steps, workdir
+from jaxcnn import data, loop, models, parallel, progress, steps, tb, workdir
 from jaxcnn.checkpoint import CHECKPOINT_DIR, Checkpoints, Position, tree_sha256
 from jaxcnn.cli import ArgumentParser, add_data_flags, exit_process, load_data, run_command
 from jaxcnn.config import TrainConfig, UsageError
@@ -131,6 +131,12 @@ def build_parser() -> ArgumentParser:
         "line and to metrics.jsonl (computed at log points only)",
     )
     add_parallel_flags(parser)
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar; without this flag a bar per epoch (steps, steps/s, time "
+        "left, last loss) is shown under the log lines when the output is a terminal",
+    )
     parser.add_argument(
         "--debug-nans",
         action="store_true",
@@ -376,9 +382,12 @@ def run_training(
     start: StartPoint | None,
     stop: StopRequest,
     placement: parallel.Placement,
+    show_progress: bool = False,
 ) -> loop.TrainResult:
     """Train from ``start`` (or from scratch), logging and checkpointing into ``path``.
 
+    With ``show_progress`` and a terminal on stdout, a bar per epoch goes under the log
+    lines. The log records also go to ``metrics.jsonl`` and to TensorBoard (``tb/``).
     In a multi-process run every process calls this; only process 0 writes the work
     dir's files, and all of them write their part of each checkpoint.
     """
@@ -396,26 +405,47 @@ def run_training(
     num_train = len(splits["train"])
     steps_in_epoch = data.steps_per_epoch(num_train, config.batch_size)
     checkpoints = Checkpoints(path, keep=config.keep)
+    board = tb.Board(path / tb.TB_DIR, config)  # opens files lazily: in process 0 only
+    primary = jax.process_index() == 0
+    display = progress.for_stream(
+        show_progress,
+        sys.stdout,
+        steps_in_epoch,
+        loop.total_steps(config, num_train),
+        position.epoch * steps_in_epoch + position.batch,
+    )
 
     def on_log(record: loop.LogRecord) -> None:
-        print(format_log_line(record, num_train, steps_in_epoch), flush=True)
+        display.write(format_log_line(record, num_train, steps_in_epoch))
         if record.grad_norm is not None:
-            print(format_grad_line(record), flush=True)
-        fields = {
-            key: value for key, value in dataclasses.asdict(record).items() if value is not None
+            display.write(format_grad_line(record))
+        display.show_loss(record.loss)
+        fields = {  # without the timing, which a resumed run would not reproduce
+            key: value
+            for key, value in dataclasses.asdict(record).items()
+            if value is not None and key != "step_seconds"
         }
-        if jax.process_index() == 0:
+        if primary:
             workdir.append_metrics(path, fields)
+            board.write(record)
 
     def on_checkpoint(state: Any, after: Position, test: loop.EvalResult) -> None:
         checkpoints.save(state, after, test.accuracy)
+        board.cut()  # a resumed run drops the event files after its checkpoint (jaxcnn.tb)
 
-    hooks = loop.Hooks(on_log=on_log, on_checkpoint=on_checkpoint, stop_requested=stop)
+    hooks = loop.Hooks(
+        on_log=on_log,
+        on_checkpoint=on_checkpoint,
+        stop_requested=stop,
+        on_progress=display.advance,
+    )
     try:
         result = loop.train(config, splits, state, position, compiled, hooks, placement)
     finally:
+        display.close()
+        board.close()
         checkpoints.close()
-    if not result.stopped and jax.process_index() == 0:
+    if not result.stopped and primary:
         write_summary(path, config, result, compiled.seconds, placement)
     return result
 
@@ -476,13 +506,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 context.enter_context(workdir.exclusive(path))
             save_config(path, config, saved, resumed_step)
             workdir.truncate_metrics(path, resumed_step)
+            tb.truncate(path / tb.TB_DIR, resumed_step)
         else:
             path = requested
         parallel.barrier("workdir ready")
         stop = StopRequest()
         try:
-            with stop_on_signals(stop):
-                result = run_training(config, splits, path, start, stop, placement)
+            status = recording_status(path, resumed_step) if primary else contextlib.nullcontext()
+            with status, stop_on_signals(stop):
+                result = run_training(
+                    config, splits, path, start, stop, placement, not args.no_progress
+                )
+                if primary:
+                    record_end(path, result, stop)
         except (loop.NonFiniteError, FloatingPointError) as error:  # the latter: --debug-nans
             print(f"{PROG}: error: {nonfinite_message(error, path)}", file=sys.stderr)
             return EXIT_NONFINITE
@@ -504,6 +540,51 @@ def describe_devices(placement: parallel.Placement) -> str:
     devices = list(placement.mesh.devices.flat)
     processes = f" in {placement.num_processes} processes" if placement.num_processes > 1 else ""
     return f"devices: {devices}{processes}"
+
+
+@contextlib.contextmanager
+def recording_status(path: Path, resumed_step: int) -> Iterator[None]:
+    """Mark the run in ``path`` running; if the block raises, mark it failed or interrupted.
+
+    ``status.json`` is what ``jaxcnn.runs`` reads; a normal end is recorded by
+    :func:`record_end`.
+    """
+    workdir.write_status(path, workdir.RUNNING, resumed_step)
+    try:
+        yield
+    except (loop.NonFiniteError, FloatingPointError) as error:
+        workdir.write_status(
+            path,
+            workdir.FAILED,
+            getattr(error, "step", None),
+            exit_code=EXIT_NONFINITE,
+            reason="non-finite loss or gradient",
+            message=str(error).splitlines()[0],
+        )
+        raise
+    except KeyboardInterrupt:  # a second signal while stopping
+        workdir.write_status(path, workdir.INTERRUPTED, None, reason="second signal")
+        raise
+    except Exception as error:
+        workdir.write_status(
+            path, workdir.FAILED, None, reason=type(error).__name__, message=str(error)
+        )
+        raise
+
+
+def record_end(path: Path, result: loop.TrainResult, stop: StopRequest) -> None:
+    """Mark the run in ``path`` finished, or interrupted by the signal that stopped it."""
+    if not result.stopped:
+        workdir.write_status(path, workdir.FINISHED, result.steps, exit_code=0)
+        return
+    signum = stop.signum or signal.SIGTERM  # another process may have got it
+    workdir.write_status(
+        path,
+        workdir.INTERRUPTED,
+        result.steps,
+        exit_code=128 + signum,
+        reason=signal.Signals(signum).name,
+    )
 
 
 def describe_start(start: StartPoint | None, path: Path) -> str:

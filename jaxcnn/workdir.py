@@ -5,7 +5,9 @@ Layout of a work dir::
     config.json      the run's TrainConfig
     metrics.jsonl    one JSON object per log line
     summary.json     written when training finishes
+    status.json      what the last training process is doing or how it ended
     checkpoints/     Orbax step folders (see jaxcnn.checkpoint)
+    tb/              TensorBoard event files (see jaxcnn.tb)
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from jaxcnn.config import TrainConfig, UsageError
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+STATUS = "status.json"
 LOCK = ".lock"
+#: The values of ``status.json``'s ``status``.
+RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
 
 
 @contextlib.contextmanager
@@ -52,6 +57,37 @@ def exclusive(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def in_use(path: Path) -> bool:
+    """Return whether a process holds ``path``'s lock (is training there) right now."""
+    lock_path = path / LOCK
+    if not lock_path.is_file():
+        return False
+    with lock_path.open("r") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
+
+
+def write_status(path: Path, status: str, step: int | None, **details: Any) -> None:
+    """Write ``status.json``: how the run stands after ``step`` steps (None: not known).
+
+    ``status`` is one of running, finished, interrupted, failed; ``details`` go in as given.
+    """
+    write_json(path / STATUS, {"status": status, "step": step, **details})
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """Return the JSON object in ``path``, or None if it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:

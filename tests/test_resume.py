@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.common import file_digests, run_cli
+from helpers.common import file_digests, read_scalars, run_cli
 
 from jaxcnn import train
 from jaxcnn import workdir as workdir_lib
@@ -75,7 +75,18 @@ def resume_and_compare(workdir: Path, data_dir: Path, reference: Path, capsys) -
     out = capsys.readouterr().out
     assert summary(workdir)["params_sha256"] == summary(reference)["params_sha256"]
     assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+    assert_same_tensorboard_steps(workdir, reference)
     return out
+
+
+def assert_same_tensorboard_steps(workdir: Path, reference: Path) -> None:
+    """TensorBoard shows the resumed run's steps as the reference's: none twice, none lost."""
+    resumed, expected = read_scalars(workdir / "tb"), read_scalars(reference / "tb")
+    assert sorted(resumed) == sorted(expected)
+    for tag, points in expected.items():
+        assert [step for step, _ in resumed[tag]] == [step for step, _ in points], tag
+    assert [s for s, _ in resumed["test/accuracy"]] == [1, 31, 61, 91]
+    assert resumed["test/accuracy"] == expected["test/accuracy"]
 
 
 @pytest.mark.parametrize(
@@ -97,6 +108,13 @@ def test_signal_checkpoints_and_the_resumed_run_is_bitwise_identical(
     assert 0 < stopped_at < STEPS
     assert (workdir / "checkpoints" / str(stopped_at)).is_dir()
     assert not (workdir / "summary.json").exists()
+    status = json.loads((workdir / "status.json").read_text())
+    assert status == {
+        "status": "interrupted",
+        "step": stopped_at,
+        "exit_code": exit_code,
+        "reason": signal.Signals(signum).name,
+    }
     resumed = resume_and_compare(workdir, data_dir, reference, capsys)
     assert f"resuming from the checkpoint at step {stopped_at}" in resumed.splitlines()[1]
 
@@ -188,6 +206,8 @@ def test_nan_stops_at_its_step_with_exit_3_and_keeps_the_last_good_checkpoint(
     assert "conv1/conv/kernel" in err and "last good checkpoint is step 1" in err
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1"]
     assert not (workdir / "summary.json").exists()
+    status = json.loads((workdir / "status.json").read_text())
+    assert (status["status"], status["step"], status["exit_code"]) == ("failed", 2, 3)
 
 
 def test_a_workdir_in_use_by_another_process_is_refused(data_dir, reference, tmp_path, capsys):

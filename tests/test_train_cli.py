@@ -39,6 +39,7 @@ def test_short_run_on_real_mnist_learns_and_writes_its_outputs(data_dir, tmp_pat
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("backend: ")
+    assert "\r" not in result.stdout and "step/s" not in result.stdout  # no bar into a pipe
     log_lines = [line for line in lines if line.startswith("epoch 0 [")]
     assert [line.split("]")[0] for line in log_lines] == [
         "epoch 0 [0/60000 (0%)",

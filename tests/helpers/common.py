@@ -22,3 +22,21 @@ def file_digests(folder: Path) -> dict[str, str]:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
+
+
+def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Return the scalars of the event files in ``folder`` as TensorBoard reads them.
+
+    Uses TensorBoard's own reader (``EventAccumulator``, keeping every event), so a
+    duplicated step or a file TensorBoard cannot parse shows up here.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    accumulator = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return {
+        tag: [(event.step, float(make_ndarray(event.tensor_proto))) for event in events]
+        for tag in accumulator.Tags()["tensors"]
+        if (events := accumulator.Tensors(tag))
+    }
