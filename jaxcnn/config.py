@@ -28,6 +28,11 @@ class TrainConfig:
         log_every: batches between log lines, each with a pass over the test set.
         max_steps: stop after this many steps in all (None: run every epoch).
         eval_batch_size: test examples per evaluation batch.
+        checkpoint_every: steps between checkpoints (None: at each epoch's end).
+        keep: newest checkpoints to keep.
+        log_grads: measure gradient statistics at log points.
+        schedule: the learning rate over the run, one of :data:`SCHEDULES`.
+        loop: how the steps between sync points run, one of :data:`LOOPS`.
 
     """
 
@@ -43,6 +48,8 @@ class TrainConfig:
     checkpoint_every: int | None = None
     keep: int = 3
     log_grads: bool = False
+    schedule: str = "constant"
+    loop: str = "auto"
 
     def validate(self) -> TrainConfig:
         """Return ``self`` if every field is usable.
@@ -70,6 +77,8 @@ class TrainConfig:
                 "must be a positive integer",
             ),
             (self.keep > 0, "--keep", "must be a positive integer"),
+            (self.schedule in SCHEDULES, "--schedule", f"must be one of {', '.join(SCHEDULES)}"),
+            (self.loop in LOOPS, "--loop", f"must be one of {', '.join(LOOPS)}"),
         ]
         for ok, flag, problem in checks:
             if not ok:
@@ -93,12 +102,29 @@ class TrainConfig:
         Only the fields that change what a resumed run computes count; the length of the
         run (epochs, max steps), logging and checkpointing may change between runs.
         """
+        names = HYPERPARAMETERS + (("epochs", "max_steps") if self.schedule != "constant" else ())
         return [
             f"--{name.replace('_', '-')}: {getattr(self, name)!r} -> {getattr(other, name)!r}"
-            for name in HYPERPARAMETERS
+            for name in names
             if getattr(self, name) != getattr(other, name)
         ]
 
 
-#: The fields a resumed run must share with the run it continues.
-HYPERPARAMETERS = ("model", "dataset", "batch_size", "learning_rate", "seed")
+#: The fields a resumed run must share with the run it continues (and, with a schedule
+#: other than constant, whose length follows the run's, its epochs and max steps).
+HYPERPARAMETERS = ("model", "dataset", "batch_size", "learning_rate", "seed", "schedule")
+
+#: Learning-rate schedules (see :mod:`jaxcnn.optim`).
+SCHEDULES = ("constant", "one-cycle")
+
+#: The ways to run the steps between two sync points: ``python`` dispatches one compiled
+#: step at a time; ``scan`` runs them as one compiled loop over device-resident data;
+#: ``auto`` picks ``python`` on CPUs (where XLA runs convolutions inside a compiled
+#: loop many times slower) and ``scan`` on GPUs and TPUs.
+LOOPS = ("auto", "python", "scan")
+
+#: Named sets of hyperparameters for ``--recipe``; flags given explicitly win.
+RECIPES: dict[str, dict[str, Any]] = {
+    "seed": {"epochs": 3, "batch_size": 64, "learning_rate": 1e-3, "schedule": "constant"},
+    "fast": {"epochs": 2, "batch_size": 128, "learning_rate": 4e-3, "schedule": "one-cycle"},
+}

@@ -52,6 +52,7 @@ class DatasetSpec:
     url: str
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int] = (28, 28, 1)
+    train_size: int = 60_000
 
     @property
     def num_classes(self) -> int:

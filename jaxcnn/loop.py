@@ -25,6 +25,7 @@ from jaxcnn.trees import named_leaves
 
 TrainFn = Callable[[steps.TrainState, steps.Batch], tuple[steps.TrainState, steps.Metrics]]
 EvalFn = Callable[[steps.TrainState, steps.Batch], steps.Metrics]
+StretchFn = Callable[..., tuple[steps.TrainState, steps.Metrics]]
 
 
 class NonFiniteError(Exception):
@@ -79,12 +80,16 @@ class CompiledSteps:
             and update ratios (``--log-grads``), used at log points only; or None.
         eval: the evaluation step.
         seconds: time spent compiling them.
+        stretches: for the compiled loop (``--loop scan``), ``steps.train_stretch``
+            compiled for each (number of steps, with gradient statistics) the run's
+            stretches need; None for the Python loop.
     """
 
     train: TrainFn
     train_with_stats: TrainFn | None
     eval: EvalFn
     seconds: float
+    stretches: dict[tuple[int, bool], StretchFn] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +132,13 @@ def compile_steps(
     eval_batch: steps.Batch,
     placement: Placement,
     log_grads: bool = False,
+    stretch_shapes: Sequence[tuple[int, bool]] = (),
+    train_split: data.Split | None = None,
 ) -> CompiledSteps:
     """Compile ``train_step`` (state buffers donated) and ``eval_step`` ahead of time.
+
+    With ``stretch_shapes`` (number of steps, with gradient statistics), also compile
+    ``steps.train_stretch`` for each, for the compiled loop over ``train_split``.
 
     Both are compiled for ``placement``: the state replicated, the batch split along
     the mesh's ``data`` axis, so that with several devices XLA sums the gradients with
@@ -163,7 +173,39 @@ def compile_steps(
             name: None if function is None else function.lower(state, batches[name]).compile()
             for name, function in functions.items()
         }
-    return CompiledSteps(**functions, seconds=time.perf_counter() - start)
+    stretches = (
+        {
+            shape: _compile_stretch(state, train_split, train_batch, placement, *shape)
+            for shape in sorted(set(stretch_shapes))
+        }
+        if stretch_shapes
+        else None
+    )
+    return CompiledSteps(**functions, seconds=time.perf_counter() - start, stretches=stretches)
+
+
+def _compile_stretch(
+    state: steps.TrainState,
+    split: data.Split,
+    train_batch: steps.Batch,
+    placement: Placement,
+    length: int,
+    with_grad_stats: bool,
+) -> StretchFn:
+    """Compile ``steps.train_stretch`` for ``length`` steps over ``split`` kept on the devices."""
+    replicated, columns = placement.replicated, placement.stretch_sharding
+    function = jax.jit(
+        functools.partial(steps.train_stretch, with_grad_stats=with_grad_stats),
+        donate_argnums=0,
+        in_shardings=(replicated, replicated, replicated, columns, columns),
+        out_shardings=(replicated, replicated),
+    )
+    images = jax.ShapeDtypeStruct(split.images.shape, split.images.dtype, sharding=replicated)
+    labels = jax.ShapeDtypeStruct(split.labels.shape, split.labels.dtype, sharding=replicated)
+    batch_size = train_batch["mask"].shape[0]
+    rows = jax.ShapeDtypeStruct((length, batch_size), np.int32, sharding=columns)
+    masks = jax.ShapeDtypeStruct((length, batch_size), np.float32, sharding=columns)
+    return function.lower(state, images, labels, rows, masks).compile()
 
 
 def evaluate(
@@ -216,6 +258,62 @@ def describe_nonfinite(state: steps.TrainState, batch: steps.Batch) -> str:
     return f"loss {float(loss)}; non-finite gradient leaves: {', '.join(bad) or 'none'}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Stretch:
+    """Consecutive steps of one epoch, from batch ``first`` to ``last`` inclusive.
+
+    The loop syncs with the host only after a stretch: its last batch is a log point,
+    a checkpoint is due, training ends, or the epoch does.
+    """
+
+    epoch: int
+    first: int
+    last: int
+
+    @property
+    def length(self) -> int:
+        """The number of steps in the stretch."""
+        return self.last - self.first + 1
+
+
+def plan_stretches(
+    config: TrainConfig, per_epoch: int, taken: int, steps_to_take: int
+) -> list[Stretch]:
+    """Return the stretches that take a run from ``taken`` steps to ``steps_to_take``."""
+    checkpoint_every = config.checkpoint_every or per_epoch
+    plan = []
+    while taken < steps_to_take:
+        epoch, first = divmod(taken, per_epoch)
+        last = first
+        while not (
+            last % config.log_every == 0
+            or (taken + last - first + 1) % checkpoint_every == 0
+            or taken + last - first + 1 == steps_to_take
+            or last == per_epoch - 1
+        ):
+            last += 1
+        plan.append(Stretch(epoch, first, last))
+        taken += last - first + 1
+    return plan
+
+
+def stretch_shapes(
+    config: TrainConfig, num_train: int, position: Position
+) -> list[tuple[int, bool]]:
+    """Return the (length, with gradient statistics) of every stretch the run will take."""
+    per_epoch = data.steps_per_epoch(num_train, config.batch_size)
+    taken = position.epoch * per_epoch + position.batch
+    plan = plan_stretches(config, per_epoch, taken, total_steps(config, num_train))
+    return sorted({(s.length, config.log_grads and s.last % config.log_every == 0) for s in plan})
+
+
+def resolve_loop(kind: str) -> str:
+    """Return ``python`` or ``scan`` for ``kind`` (one of :data:`LOOPS`) on this backend."""
+    if kind != "auto":
+        return kind
+    return "python" if jax.default_backend() == "cpu" else "scan"
+
+
 def train(
     config: TrainConfig,
     splits: dict[str, data.Split],
@@ -233,7 +331,9 @@ def train(
     A log point is every ``config.log_every``-th batch of an epoch, counting from 0 as
     the seed does; each evaluates the whole test set. A checkpoint is due every
     ``config.checkpoint_every`` steps (default: at each epoch's end), when training
-    ends, and when a stop is requested.
+    ends, and when a stop is requested. The steps between two of these points (a
+    :class:`Stretch`) run one by one from Python, or, when ``compiled.stretches`` is
+    set, as one compiled loop over the training split kept on the devices.
 
     Raises:
         NonFiniteError: a step's loss or gradient was not finite; the state was frozen
@@ -241,74 +341,62 @@ def train(
     """
     train_split = splits["train"]
     test_batches = placed_eval_batches(splits["test"], config.eval_batch_size, placement)
-    rows = placement.local_rows(config.batch_size)
     per_epoch = data.steps_per_epoch(len(train_split), config.batch_size)
     checkpoint_every = config.checkpoint_every or per_epoch
     steps_to_take = total_steps(config, len(train_split))
     taken = position.epoch * per_epoch + position.batch
     correct, count = position.correct, position.count
+    run_stretch = (
+        _python_stretches(config, train_split, compiled, hooks, placement)
+        if compiled.stretches is None
+        else _compiled_stretches(config, train_split, compiled, hooks, placement)
+    )
     stopped = False
+    pending: list[steps.Metrics] = []  # device values not read back yet
     start = time.perf_counter()
     resumed_at, resumed_taken = start, taken  # after the last sync point's host work
-    for epoch in range(position.epoch, config.epochs):
-        if taken >= steps_to_take or stopped:
-            break
-        order = data.epoch_permutation(config.seed, epoch, len(train_split))
-        first = position.batch if epoch == position.epoch else 0
-        if epoch != position.epoch:
+    for stretch in plan_stretches(config, per_epoch, taken, steps_to_take):
+        if stretch.first == 0 and stretch.epoch != position.epoch:
             correct = count = 0
-        pending: list[steps.Metrics] = []  # device values not read back yet
-        batches = list(data.batch_indices(order, config.batch_size))
-        for batch_index in range(first, per_epoch):
-            if taken >= steps_to_take:
-                break
-            indices, mask = batches[batch_index]
-            log_due = batch_index % config.log_every == 0
-            step_fn = (
-                compiled.train_with_stats
-                if log_due and compiled.train_with_stats
-                else compiled.train
-            )
-            local_batch = data.make_batch(train_split, indices[rows], mask[rows])
-            state, metrics = step_fn(state, placement.put_batch(local_batch, config.batch_size))
-            if placement.wait_every_step:
-                jax.block_until_ready(metrics)
-            pending.append(metrics)
-            taken += 1
-            hooks.on_progress(taken)
-            stopped = _stop_agreed(hooks, placement, log_due)
-            checkpoint_due = stopped or taken % checkpoint_every == 0 or taken == steps_to_take
-            if not (log_due or checkpoint_due):
-                continue
-            fetched = jax.tree.map(host_value, pending)  # the loop's only host syncs are here
-            step_seconds = (time.perf_counter() - resumed_at) / (taken - resumed_taken)
             pending.clear()
-            _raise_if_nonfinite(config, train_split, state)
-            correct += int(sum(m["correct"] for m in fetched))
-            count += int(sum(m["count"] for m in fetched))
-            test = evaluate(compiled.eval, state, test_batches)
-            if log_due:
-                hooks.on_log(
-                    LogRecord(
-                        step=taken,
-                        epoch=epoch,
-                        batch=batch_index,
-                        images_seen=batch_index * config.batch_size,
-                        loss=float(fetched[-1]["loss"]),
-                        train_accuracy=correct / count,
-                        test_accuracy=test.accuracy,
-                        test_loss=test.loss,
-                        grad_norm=_floats(fetched[-1].get("grad_norm")),
-                        update_ratio=_floats(fetched[-1].get("update_ratio")),
-                        step_seconds=step_seconds,
-                    )
+        state, done, stopped = run_stretch(state, stretch, pending)
+        taken += done
+        batch_index = stretch.first + done - 1
+        log_due = batch_index % config.log_every == 0
+        checkpoint_due = stopped or taken % checkpoint_every == 0 or taken == steps_to_take
+        if not (log_due or checkpoint_due):
+            continue
+        fetched = jax.tree.map(host_value, pending)  # the loop's only host syncs are here
+        step_seconds = (time.perf_counter() - resumed_at) / (taken - resumed_taken)
+        pending.clear()
+        _raise_if_nonfinite(config, train_split, state)
+        correct += int(sum(m["correct"] for m in fetched))
+        count += int(sum(m["count"] for m in fetched))
+        test = evaluate(compiled.eval, state, test_batches)
+        if log_due:
+            hooks.on_log(
+                LogRecord(
+                    step=taken,
+                    epoch=stretch.epoch,
+                    batch=batch_index,
+                    images_seen=batch_index * config.batch_size,
+                    loss=float(fetched[-1]["loss"]),
+                    train_accuracy=correct / count,
+                    test_accuracy=test.accuracy,
+                    test_loss=test.loss,
+                    grad_norm=_floats(fetched[-1].get("grad_norm")),
+                    update_ratio=_floats(fetched[-1].get("update_ratio")),
+                    step_seconds=step_seconds,
                 )
-            if checkpoint_due:
-                after = _position_after(config.seed, epoch, batch_index, per_epoch, correct, count)
-                hooks.on_checkpoint(state, after, test)
-            resumed_at, resumed_taken = time.perf_counter(), taken
-            if stopped:
-                break
+            )
+        if checkpoint_due:
+            after = _position_after(
+                config.seed, stretch.epoch, batch_index, per_epoch, correct, count
+            )
+            hooks.on_checkpoint(state, after, test)
+        resumed_at, resumed_taken = time.perf_counter(), taken
+        if stopped:
+            break
     state = jax.block_until_ready(state)
     train_seconds = time.perf_counter() - start
     _raise_if_nonfinite(config, train_split, state)
@@ -321,6 +409,100 @@ def train(
         test=evaluate(compiled.eval, state, test_batches),
         stopped=stopped,
     )
+
+
+StretchRunner = Callable[
+    [steps.TrainState, Stretch, list[steps.Metrics]], tuple[steps.TrainState, int, bool]
+]
+
+
+def _epoch_batches(
+    config: TrainConfig, split: data.Split, epoch: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Return ``(indices, mask)`` of every batch of ``epoch``, in order."""
+    order = data.epoch_permutation(config.seed, epoch, len(split))
+    return list(data.batch_indices(order, config.batch_size))
+
+
+def _python_stretches(
+    config: TrainConfig,
+    split: data.Split,
+    compiled: CompiledSteps,
+    hooks: Hooks,
+    placement: Placement,
+) -> StretchRunner:
+    """Return a runner that takes a stretch's steps one by one, polling for a stop after each.
+
+    The runner appends each step's metrics to ``pending`` and returns the new state,
+    the number of steps taken (fewer than the stretch's if a stop came) and whether
+    to stop.
+    """
+    rows = placement.local_rows(config.batch_size)
+    batches_of = functools.lru_cache(maxsize=1)(lambda epoch: _epoch_batches(config, split, epoch))
+
+    def run(
+        state: steps.TrainState, stretch: Stretch, pending: list[steps.Metrics]
+    ) -> tuple[steps.TrainState, int, bool]:
+        batches = batches_of(stretch.epoch)
+        taken = stretch.epoch * len(batches) + stretch.first
+        for batch_index in range(stretch.first, stretch.last + 1):
+            indices, mask = batches[batch_index]
+            log_due = batch_index % config.log_every == 0
+            step_fn = (
+                compiled.train_with_stats
+                if log_due and compiled.train_with_stats
+                else compiled.train
+            )
+            local_batch = data.make_batch(split, indices[rows], mask[rows])
+            state, metrics = step_fn(state, placement.put_batch(local_batch, config.batch_size))
+            if placement.wait_every_step:
+                jax.block_until_ready(metrics)
+            pending.append(metrics)
+            taken += 1
+            hooks.on_progress(taken)
+            if _stop_agreed(hooks, placement, log_due):
+                return state, batch_index - stretch.first + 1, True
+        return state, stretch.length, False
+
+    return run
+
+
+def _compiled_stretches(
+    config: TrainConfig,
+    split: data.Split,
+    compiled: CompiledSteps,
+    hooks: Hooks,
+    placement: Placement,
+) -> StretchRunner:
+    """Return a runner that takes each stretch as one compiled loop (``steps.train_stretch``).
+
+    The training split is copied to every device once; each stretch sends only its
+    batches' indices and masks. A stop is polled after each stretch.
+    """
+    resident = placement.put_state({"images": split.images, "labels": split.labels})
+    rows = placement.local_rows(config.batch_size)
+    batches_of = functools.lru_cache(maxsize=1)(lambda epoch: _epoch_batches(config, split, epoch))
+
+    def run(
+        state: steps.TrainState, stretch: Stretch, pending: list[steps.Metrics]
+    ) -> tuple[steps.TrainState, int, bool]:
+        batches = batches_of(stretch.epoch)[stretch.first : stretch.last + 1]
+        local = {
+            "indices": np.stack([indices[rows] for indices, _ in batches]).astype(np.int32),
+            "masks": np.stack([mask[rows] for _, mask in batches]),
+        }
+        placed = placement.put_stretch(local, config.batch_size)
+        with_stats = config.log_grads and stretch.last % config.log_every == 0
+        stretch_fn = compiled.stretches[(stretch.length, with_stats)]
+        state, metrics = stretch_fn(
+            state, resident["images"], resident["labels"], placed["indices"], placed["masks"]
+        )
+        pending.append(metrics)
+        hooks.on_progress(stretch.epoch * len(batches_of(stretch.epoch)) + stretch.last + 1)
+        is_log_point = stretch.last % config.log_every == 0
+        return state, stretch.length, _stop_agreed(hooks, placement, is_log_point)
+
+    return run
 
 
 def _stop_agreed(hooks: Hooks, placement: Placement, log_due: bool) -> bool:

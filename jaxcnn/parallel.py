@@ -150,6 +150,20 @@ class Placement:
         """Return ``tree`` replicated on every device of the mesh (same value in every process)."""
         return jax.tree.map(lambda leaf: _global_array(leaf, self.replicated), tree)
 
+    @property
+    def stretch_sharding(self) -> NamedSharding:
+        """The sharding of a stretch's indices and masks (steps × batch): batch axis split."""
+        return NamedSharding(self.mesh, PartitionSpec(None, DATA_AXIS))
+
+    def put_stretch(self, local: dict[str, np.ndarray], batch_size: int) -> dict[str, Any]:
+        """Return a stretch's (steps × ``batch_size``) arrays from this process's columns."""
+        return {
+            key: jax.make_array_from_process_local_data(
+                self.stretch_sharding, value, (value.shape[0], batch_size)
+            )
+            for key, value in local.items()
+        }
+
     def put_batch(self, local_batch: dict[str, np.ndarray], batch_size: int) -> dict[str, Any]:
         """Return the global batch of ``batch_size`` from this process's ``local_rows`` of it."""
         return {

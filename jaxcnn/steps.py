@@ -209,3 +209,44 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
         "correct": count_correct(logits, batch["label"], batch["mask"]),
         "count": jnp.sum(batch["mask"]),
     }
+
+
+def gather_batch(
+    images: jax.Array, labels: jax.Array, indices: jax.Array, mask: jax.Array
+) -> Batch:
+    """Return the batch of rows ``indices`` of a split held on the device."""
+    return {"image": images[indices], "label": labels[indices], "mask": mask}
+
+
+def train_stretch(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    indices: jax.Array,
+    masks: jax.Array,
+    with_grad_stats: bool = False,
+) -> tuple[TrainState, Metrics]:
+    """Take ``len(indices)`` steps in one compiled loop (``lax.scan``), without the host.
+
+    The training split (``images``, ``labels``) stays on the device; step ``i`` trains
+    on rows ``indices[i]`` with ``masks[i]``, exactly as :func:`train_step` would. The
+    last step runs outside the scan so that it alone can measure gradient statistics.
+
+    Returns:
+        The state after the last step, and metrics shaped like one step's: the last
+        step's ``loss`` (and gradient statistics), ``correct`` and ``count`` summed over
+        all the steps.
+    """
+
+    def one_step(
+        state: TrainState, rows: tuple[jax.Array, jax.Array]
+    ) -> tuple[TrainState, Metrics]:
+        state, metrics = train_step(state, gather_batch(images, labels, *rows))
+        return state, {"correct": metrics["correct"], "count": metrics["count"]}
+
+    state, counted = jax.lax.scan(one_step, state, (indices[:-1], masks[:-1]))
+    last_batch = gather_batch(images, labels, indices[-1], masks[-1])
+    state, metrics = train_step(state, last_batch, with_grad_stats=with_grad_stats)
+    metrics["correct"] = metrics["correct"] + jnp.sum(counted["correct"])
+    metrics["count"] = metrics["count"] + jnp.sum(counted["count"])
+    return state, metrics

@@ -31,6 +31,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 from jaxcnn.config import TrainConfig
 from jaxcnn.loop import LogRecord
+from jaxcnn.optim import learning_rate_schedule
 
 #: The folder of a work dir that holds the event files.
 TB_DIR = "tb"
@@ -39,13 +40,8 @@ _FILE_PATTERN = re.compile(r"events\.out\.tfevents\.step(\d+)\.jaxcnn")
 
 
 def learning_rate_at(config: TrainConfig, step: int) -> float:
-    """Return the learning rate the optimizer used at ``step``.
-
-    Constant for now (``optax.adam(config.learning_rate)``, see
-    :func:`jaxcnn.workdir.new_state`); a schedule plugs in here.
-    """
-    del step
-    return config.learning_rate
+    """Return the learning rate of the update that made step ``step`` (counting from 1)."""
+    return float(learning_rate_schedule(config)(max(step - 1, 0)))
 
 
 def scalars_of(record: LogRecord, learning_rate: float) -> dict[str, float]:

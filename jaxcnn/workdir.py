@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import optax
 
 from jaxcnn import data, models, steps
 from jaxcnn.checkpoint import CHECKPOINT_DIR, CheckpointError, Checkpoints, Position
 from jaxcnn.config import TrainConfig, UsageError
+from jaxcnn.optim import create_optimizer
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -140,7 +140,7 @@ def new_state(config: TrainConfig) -> steps.TrainState:
     spec = data.DATASETS[config.dataset]
     return steps.create_train_state(
         models.create_model(config.model, spec.num_classes),
-        optax.adam(config.learning_rate),
+        create_optimizer(config),
         jax.random.key(config.seed),
         spec.image_shape,
     )

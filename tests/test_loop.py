@@ -1,0 +1,102 @@
+"""The two ways to run the steps between sync points, the stretch plan, and the recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optax
+import pytest
+from helpers.common import run_cli
+
+from jaxcnn import loop, optim, train
+from jaxcnn import workdir as workdir_lib
+from jaxcnn.config import TrainConfig
+from jaxcnn.trees import named_leaves
+
+
+def test_the_plan_ends_a_stretch_at_every_log_checkpoint_epoch_end_and_the_last_step():
+    config = TrainConfig(log_every=100, checkpoint_every=250)
+    plan = loop.plan_stretches(config, per_epoch=938, taken=0, steps_to_take=1000)
+    ends = [s.epoch * 938 + s.last + 1 for s in plan]
+    assert ends[:4] == [1, 101, 201, 250]
+    assert 938 in ends and ends[-1] == 1000
+    assert sum(s.length for s in plan) == 1000
+    assert all(s.first <= s.last < 938 for s in plan)
+    resumed = loop.plan_stretches(config, per_epoch=938, taken=120, steps_to_take=1000)
+    assert resumed[0] == loop.Stretch(epoch=0, first=120, last=200)
+    assert [s for s in plan if s.epoch * 938 + s.first >= 250] == resumed[2:]
+
+
+def test_stretch_shapes_are_few():
+    config = TrainConfig(log_grads=True)
+    shapes = loop.stretch_shapes(config, 60_000, workdir_lib.Position(0, 0, 0))
+    # 1 (batch 0), 100 (to each log point), 37 (to the epoch's end), with stats at log points
+    assert shapes == [(1, True), (37, False), (100, True)]
+
+
+def run_steps(data_dir: Path, workdir: Path, *flags: str) -> Path:
+    argv = ["--max-steps", "12", "--log-every", "5", *flags]
+    assert (
+        run_cli(train.cli_main, [*argv, "--data-dir", str(data_dir), "--workdir", str(workdir)])
+        == 0
+    )
+    return workdir
+
+
+def test_the_compiled_loop_trains_like_the_python_loop(data_dir, tmp_path, capsys):
+    python = run_steps(data_dir, tmp_path / "python", "--loop", "python", "--log-grads")
+    scan = run_steps(data_dir, tmp_path / "scan", "--loop", "scan", "--log-grads")
+    assert "(scan loop)" in capsys.readouterr().out
+    lines = [
+        [json.loads(line) for line in (run / "metrics.jsonl").open()] for run in (python, scan)
+    ]
+    assert [r["step"] for r in lines[0]] == [r["step"] for r in lines[1]] == [1, 6, 11]
+    for a, b in zip(*lines, strict=True):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+        assert a["train_accuracy"] == b["train_accuracy"]
+        np.testing.assert_allclose(
+            list(a["grad_norm"].values()), list(b["grad_norm"].values()), rtol=1e-4
+        )
+    expected = dict(named_leaves(workdir_lib.restore_run(python)[1].params))
+    for path, value in named_leaves(workdir_lib.restore_run(scan)[1].params):
+        np.testing.assert_allclose(value, expected[path], atol=1e-6, err_msg=path)
+    assert json.loads((scan / "summary.json").read_text())["loop"] == "scan"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--loop", "while"], "--loop: invalid choice: 'while'"),
+        (["--recipe", "slow"], "--recipe: invalid choice: 'slow'"),
+        (["--schedule", "linear"], "--schedule: invalid choice: 'linear'"),
+    ],
+)
+def test_bad_loop_recipe_or_schedule_is_refused(flags, message, tmp_path, capsys):
+    assert run_cli(train.cli_main, [*flags, "--workdir", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_fast_recipe_and_explicit_flags():
+    args = train.build_parser().parse_args(["--recipe", "fast", "--epochs", "1"])
+    config = train.config_from_args(args)
+    assert (config.epochs, config.batch_size, config.schedule) == (1, 128, "one-cycle")
+    assert config.learning_rate == 4e-3
+    seed = train.config_from_args(train.build_parser().parse_args([]))
+    assert seed == TrainConfig()
+
+
+def test_the_one_cycle_schedule_rises_to_its_peak_then_falls_to_nearly_zero():
+    config = TrainConfig(epochs=2, batch_size=128, learning_rate=4e-3, schedule="one-cycle")
+    schedule = optim.learning_rate_schedule(config)
+    total = optim.planned_steps(config)
+    assert total == 2 * 469
+    rates = np.array([float(schedule(step)) for step in range(total)])
+    assert rates[0] == pytest.approx(4e-3 / 25)
+    assert rates.max() == pytest.approx(4e-3, rel=1e-3)
+    assert int(rates.argmax()) == pytest.approx(total // 4, abs=1)
+    assert rates[-1] < 1e-5
+    constant = optim.create_optimizer(TrainConfig())
+    assert isinstance(constant, optax.GradientTransformation)
