@@ -1,0 +1,94 @@
+"""Where the CPU train step's time goes: each convolution's forward and gradients, timed alone.
+
+    python experiments/step_profile.py [--repeats 30]
+
+For each of the seed's two convolution blocks at batch 64 it times, as separate jitted
+functions: the convolution, its input gradient, its weight gradient, and the whole
+block (convolution, pooling, bias, ReLU) forward and backward, written both as
+``conv2d_same`` + ``max_pool_2x2`` and as ``conv_max_pool_space_to_depth``, the form
+``jaxcnn.models`` uses for inputs with fewer than 4 channels (for the first block,
+whose input needs no gradient, with the weight gradient only). Medians, in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxcnn.models import conv2d_same, conv_max_pool_space_to_depth, max_pool_2x2
+
+BATCH = 64
+BLOCKS = {"conv1 (28×28×1 → 16)": (28, 1, 16), "conv2 (14×14×16 → 32)": (14, 16, 32)}
+
+
+def median_ms(function: Callable[..., jax.Array], *args: jax.Array, repeats: int) -> float:
+    """Return the median time of ``function(*args)``, compiled, over ``repeats`` rounds of 10."""
+    compiled = jax.jit(function)
+    jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(10):
+            out = compiled(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / 10 * 1e3)
+    return statistics.median(times)
+
+
+def block_timings(size: int, cin: int, cout: int, repeats: int) -> dict[str, float]:
+    """Return the timings of one block with ``cin`` → ``cout`` channels at ``size``×``size``."""
+    key_x, key_w, key_g = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.uniform(key_x, (BATCH, size, size, cin))
+    w = jax.random.normal(key_w, (5, 5, cin, cout)) * 0.1
+    y = conv2d_same(x, w)
+    pooled_cotangent = jax.random.normal(key_g, (BATCH, size // 2, size // 2, cout))
+
+    def block_loss(form: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable[..., jax.Array]:
+        return lambda x, w: jnp.sum(jax.nn.relu(form(x, w)) * pooled_cotangent)
+
+    def plain(x: jax.Array, w: jax.Array) -> jax.Array:
+        return max_pool_2x2(conv2d_same(x, w))
+
+    wrt = 1 if cin == 1 else (0, 1)  # the first layer's input gradient is never needed
+
+    return {
+        "conv forward": median_ms(conv2d_same, x, w, repeats=repeats),
+        "conv input gradient": median_ms(
+            lambda x, w, y: jax.vjp(conv2d_same, x, w)[1](y)[0], x, w, y, repeats=repeats
+        ),
+        "conv weight gradient": median_ms(
+            lambda x, w, y: jax.vjp(conv2d_same, x, w)[1](y)[1], x, w, y, repeats=repeats
+        ),
+        "block fwd+bwd, conv then pool": median_ms(
+            jax.grad(block_loss(plain), argnums=wrt), x, w, repeats=repeats
+        ),
+        "block fwd+bwd, space-to-depth": median_ms(
+            jax.grad(block_loss(conv_max_pool_space_to_depth), argnums=wrt),
+            x,
+            w,
+            repeats=repeats,
+        ),
+    }
+
+
+def main() -> None:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    results = {name: block_timings(*shape, args.repeats) for name, shape in BLOCKS.items()}
+    names = list(BLOCKS)
+    print(f"| ms, batch {BATCH} | " + " | ".join(names) + " |")
+    print("| --- |" + " --- |" * len(names))
+    for row in results[names[0]]:
+        print(f"| {row} | " + " | ".join(f"{results[n][row]:.2f}" for n in names) + " |")
+    print(f"jax {jax.__version__}, {jax.default_backend()}, {jax.devices()}")
+
+
+if __name__ == "__main__":
+    main()
