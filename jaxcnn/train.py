@@ -48,7 +48,7 @@ def build_parser() -> ArgumentParser:
         default="seed",
         help="a named set of defaults for --epochs, --batch-size, --learning-rate and "
         "--schedule: 'seed' is the tutorial's (3 epochs, batch 64, Adam 1e-3, constant); "
-        "'fast' is 2 epochs, batch 128, Adam peaking at 4e-3 on a one-cycle schedule "
+        "'fast' is 3 epochs, batch 128, Adam peaking at 4e-3 on a one-cycle schedule "
         "(default: %(default)s); flags given explicitly win",
     )
     parser.add_argument(
