@@ -1,54 +1,22 @@
-"""Flax linen models. No training logic lives here.
+"""Flax linen models and their registry. No training logic lives here.
 
-Every model takes NHWC images in [0, 1] and a ``train`` flag, and returns logits.
-The flag does nothing for the seed's CNN; it is part of the signature so that models
-with state beyond their parameters (BatchNorm statistics) fit the same training step.
+Every model is called as ``model(images, train=..., mask=...)`` on NHWC images in
+[0, 1] and returns logits. ``train`` and ``mask`` (1 for a real example, 0 for the
+padding of a last, partial batch) do nothing for the seed's CNN; they are part of the
+signature so that models with BatchNorm (:mod:`jaxcnn.resnet`) fit the same training
+step: batch statistics in training, over the real examples only, running ones in
+evaluation. VGG-16 lives in :mod:`jaxcnn.vgg`, ResNet-18/34 in :mod:`jaxcnn.resnet`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
-Initializer = Callable[..., jax.Array]
-
-#: Weights as PyTorch's ``Conv2d``/``Linear`` draw them by default:
-#: ``kaiming_uniform_(a=sqrt(5))`` is uniform in ±sqrt(6 / ((1 + 5) * fan_in)) = ±1/sqrt(fan_in),
-#: which is variance scaling with scale 1/3 (limit sqrt(3 * scale / fan_in)).
-torch_kernel_init: Initializer = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def torch_bias_init(fan_in: int) -> Initializer:
-    """Return PyTorch's default bias initializer: uniform in ±1/sqrt(fan_in).
-
-    Args:
-        fan_in: inputs feeding each output unit (in_channels * kh * kw for a convolution).
-
-    """
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
-
-    return init
-
-
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """Max-pool NHWC ``x`` over 2×2 windows with stride 2 (PyTorch's ``MaxPool2d(2)``).
-
-    Written as reshape-then-max rather than ``nn.max_pool``: the two agree in value, but
-    the gradient of ``reduce_window`` lowers to select-and-scatter, which is slow on
-    XLA:CPU, while this one's gradient is an elementwise mask. Odd trailing rows or
-    columns are dropped, as PyTorch does. Where a window holds several equal maxima,
-    the gradient is shared equally among them (``jnp.max``'s rule).
-    """
-    n, h, w, c = x.shape
-    x = x[:, : h - h % 2, : w - w % 2, :]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+from jaxcnn.layers import MaxPool, torch_bias_init, torch_kernel_init
+from jaxcnn.layers import max_pool_2x2 as max_pool_2x2  # re-exported: explain and tests use it
+from jaxcnn.resnet import ResNet18, ResNet34
+from jaxcnn.vgg import VGG16
 
 
 class ConvReluPool(nn.Module):
@@ -71,7 +39,7 @@ class ConvReluPool(nn.Module):
             bias_init=torch_bias_init(fan_in),
             name="conv",
         )(x)
-        return max_pool_2x2(nn.relu(x))
+        return MaxPool(2, 2, name="pool")(nn.relu(x))
 
 
 class CNN(nn.Module):
@@ -91,9 +59,11 @@ class CNN(nn.Module):
     num_classes: int = 10
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, images: jax.Array, train: bool = False, mask: jax.Array | None = None
+    ) -> jax.Array:
         """Return logits of shape ``(batch, num_classes)`` for NHWC float ``images``."""
-        del train  # No dropout or BatchNorm in the seed's network.
+        del train, mask  # No dropout or BatchNorm in the seed's network.
         x = ConvReluPool(16, name="conv1")(images)
         x = ConvReluPool(32, name="conv2")(x)
         x = x.reshape(x.shape[0], -1)
@@ -105,7 +75,12 @@ class CNN(nn.Module):
         )(x)
 
 
-MODELS: dict[str, type[nn.Module]] = {"cnn": CNN}
+MODELS: dict[str, type[nn.Module]] = {
+    "cnn": CNN,
+    "vgg16": VGG16,
+    "resnet18": ResNet18,
+    "resnet34": ResNet34,
+}
 
 
 def create_model(name: str, num_classes: int) -> nn.Module:
