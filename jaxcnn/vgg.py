@@ -30,7 +30,10 @@ from __future__ import annotations
 import jax
 from flax import linen as nn
 
-from jaxcnn.layers import MaxPool, he_normal_fan_out, is_small_image
+from jaxcnn.layers import MaxPool, is_small_image
+
+#: The hidden dense layers' weights: He-normal over fan-in (variance 2 / fan_in).
+he_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 #: Output channels of the 13 convolutions, block by block: the seed's 2, 2, 3, 3, 3.
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = (
@@ -80,7 +83,7 @@ class VGGBlock(nn.Module):
                 (3, 3),
                 strides=1,
                 padding=self.first_padding if index == 0 else ((1, 1), (1, 1)),
-                kernel_init=he_normal_fan_out,
+                kernel_init=he_normal_fan_in,
                 bias_init=nn.initializers.zeros,
                 name=f"conv{index + 1}",
             )(x)
@@ -113,7 +116,7 @@ class VGG16(nn.Module):
             x = VGGBlock(features, padding, name=f"block{index + 1}")(x)
         x = x.reshape(x.shape[0], -1)
         width = self.fc_features or (SMALL_FC_FEATURES if small else FC_FEATURES)
-        dense_init = nn.initializers.normal(stddev=0.01)
         for index in (1, 2):
-            x = nn.relu(nn.Dense(width, kernel_init=dense_init, name=f"fc{index}")(x))
-        return nn.Dense(self.num_classes, kernel_init=dense_init, name="out")(x)
+            x = nn.Dense(width, kernel_init=he_normal_fan_in, name=f"fc{index}")(x)
+            x = nn.relu(x)
+        return nn.Dense(self.num_classes, kernel_init=nn.initializers.lecun_normal(), name="out")(x)
