@@ -5,8 +5,11 @@ Thirteen 3×3 convolutions (stride 1, padding 1, each followed by ReLU) in block
 FC-4096 and FC-N. At 224×224×3 and 1000 classes that is 138,357,544 parameters, the
 count of torchvision's ``vgg16``: 14,714,688 in the convolutions, 102,764,544 +
 16,781,312 + 4,097,000 in the three dense layers (the first reads 7×7×512 = 25,088
-features). Weights are drawn as torchvision draws them (convolutions He-normal over
-fan-out, dense layers normal with standard deviation 0.01, biases 0). There is no
+features). Weights are He-normal over fan-in (variance 2 / fan_in, which keeps the
+activations' scale through each ReLU layer) and the last layer's LeCun-normal, biases 0.
+torchvision draws the convolutions over fan-out and the dense layers with standard
+deviation 0.01; with those, on 28×28 digits, Adam left the loss at ln 10 for the first
+25 steps (batch 32, learning rate 1e-3 and 1e-4), while with these it falls. There is no
 dropout: the seed lists none, and the training step carries no dropout key. Nor is
 there torchvision's adaptive average pooling to 7×7 before the first dense layer; at
 224×224 it does nothing, and at other sizes the first dense layer reads whatever the
