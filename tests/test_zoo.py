@@ -92,6 +92,18 @@ def test_summary_of_vgg16_at_224_allocates_nothing(capsys):
     assert out.rstrip().endswith("total: 138,357,544 parameters")
 
 
+def test_summary_counts_batchnorm_statistics_apart(capsys):
+    assert run_cli(summary.cli_main, ["--model", "resnet18"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert " ".join(lines[3].split()) == (
+        "stem_conv conv 3x3 /1 p1 28x28x64 (28 + 2*1 - 3)/1 + 1 = 28 3*3*1*64 = 576"
+    )
+    assert lines[-1] == (
+        "total: 11,172,810 parameters (and 9,600 BatchNorm running statistics, "
+        "which are not trained)"
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
