@@ -20,7 +20,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.models import conv2d_same, conv_max_pool_space_to_depth, max_pool_2x2
+from jaxcnn.layers import conv2d_same, conv_max_pool_space_to_depth, max_pool_2x2
 
 BATCH = 64
 BLOCKS = {"conv1 (28×28×1 → 16)": (28, 1, 16), "conv2 (14×14×16 → 32)": (14, 16, 32)}

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn import data, models, steps, workdir
+from jaxcnn import data, layers, steps, workdir
 from jaxcnn.cli import ArgumentParser, add_data_flags, exit_process, load_data, run_command
 from jaxcnn.config import TrainConfig, UsageError
 
@@ -341,7 +341,7 @@ def walk_step(
                dense_backward(acts["flatten"], out["kernel"], d["logits"]), dense_ref)
     )  # fmt: skip
     for block, below in (("conv2", "conv1/pool"), ("conv1", "input")):
-        pool_ref = _vjp(models.max_pool_2x2, acts[f"{block}/relu"])(d[f"{block}/pool"])[0]
+        pool_ref = _vjp(layers.max_pool_2x2, acts[f"{block}/relu"])(d[f"{block}/pool"])[0]
         checks.append(
             _check(f"{block} pool backward", "gradient to each window's max",
                    d[f"{block}/relu"], pool_ref)

@@ -124,6 +124,7 @@ def loss_fn(
         {"params": params, **state.model_state},
         to_float_images(batch["image"]),
         train=True,
+        mask=batch["mask"],  # BatchNorm's batch statistics leave out the padding
         mutable=mutable,
     )
     loss = masked_cross_entropy(logits, batch["label"], batch["mask"])

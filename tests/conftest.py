@@ -26,6 +26,20 @@ def find_manual_dir() -> Path:
     return candidate.resolve()
 
 
+def find_fashion_mnist_dir() -> Path:
+    """Return the folder of the original Fashion-MNIST files: the ``fashion_mnist`` folder
+    beside the MNIST one ($JAXCNN_MANUAL_DIR/../fashion_mnist, else ../shared/data)."""
+    candidate = find_manual_dir().parent / "fashion_mnist"
+    spec = data.DATASETS["fashion_mnist"]
+    missing = [name for name in spec.files if not (candidate / name).is_file()]
+    if missing:
+        pytest.fail(
+            f"the Fashion-MNIST tests need the original files in {candidate} (missing: "
+            f"{missing}), beside the MNIST folder"
+        )
+    return candidate
+
+
 @pytest.fixture(scope="session")
 def manual_dir() -> Path:
     return find_manual_dir()
@@ -58,3 +72,12 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     argv = ["--max-steps", "300", "--checkpoint-every", "100", "--log-grads"]
     assert train.cli_main([*argv, "--data-dir", str(data_dir), "--workdir", str(workdir)]) == 0
     return workdir
+
+
+@pytest.fixture(scope="session")
+def prepared_fashion_mnist(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, data.Split]]:
+    """Return a tfds data dir with Fashion-MNIST prepared from the real files, and its splits."""
+    path = tmp_path_factory.mktemp("tfds_fashion")
+    return path, data.load_dataset("fashion_mnist", str(path), str(find_fashion_mnist_dir()))

@@ -11,7 +11,7 @@ import optax
 import pytest
 from helpers.common import run_cli
 
-from jaxcnn import data, explain, grads, models, plot, steps, trees
+from jaxcnn import data, explain, grads, layers, plot, steps, trees
 from jaxcnn.config import TrainConfig
 from jaxcnn.workdir import new_state
 
@@ -65,9 +65,9 @@ def test_max_pool_backward_matches_autodiff_with_ties(rng):
     windows = np.asarray(x).reshape(4, 4, 2, 4, 2, 3)
     maxima = (windows == windows.max(axis=(2, 4), keepdims=True)).sum(axis=(2, 4))
     assert (maxima > 1).mean() > 0.3  # the test really has ties
-    np.testing.assert_array_equal(explain.max_pool(x), models.max_pool_2x2(x))
+    np.testing.assert_array_equal(explain.max_pool(x), layers.max_pool_2x2(x))
     hand = explain.max_pool_backward(x, dy)
-    np.testing.assert_allclose(hand, vjp(models.max_pool_2x2, x)(dy)[0], rtol=1e-6)
+    np.testing.assert_allclose(hand, vjp(layers.max_pool_2x2, x)(dy)[0], rtol=1e-6)
     np.testing.assert_allclose(hand.sum(), dy.sum(), rtol=1e-5)  # nothing lost, nothing made
 
 

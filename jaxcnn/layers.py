@@ -1,0 +1,201 @@
+"""Building blocks shared by the networks: pooling as modules, initialisers, BatchNorm's mask.
+
+Pooling has no parameters, but it is written as a module (``MaxPool``,
+``GlobalAveragePool``) so that it is a layer of its own in ``python -m jaxcnn.summary``,
+with its window, stride and padding, like a convolution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax import lax
+
+Initializer = Callable[..., jax.Array]
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+#: Weights as PyTorch's ``Conv2d``/``Linear`` draw them by default:
+#: ``kaiming_uniform_(a=sqrt(5))`` is uniform in ±sqrt(6 / ((1 + 5) * fan_in)) = ±1/sqrt(fan_in),
+#: which is variance scaling with scale 1/3 (limit sqrt(3 * scale / fan_in)).
+torch_kernel_init: Initializer = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> Initializer:
+    """Return PyTorch's default bias initializer: uniform in ±1/sqrt(fan_in).
+
+    Args:
+        fan_in: inputs feeding each output unit (in_channels * kh * kw for a convolution).
+
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+    return init
+
+
+#: torchvision's convolution weights for VGG and ResNet: ``kaiming_normal_(mode="fan_out",
+#: nonlinearity="relu")``, a normal with variance 2 / fan_out.
+he_normal_fan_out: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """Max-pool NHWC ``x`` over 2×2 windows with stride 2 (PyTorch's ``MaxPool2d(2)``).
+
+    Written as reshape-then-max rather than ``nn.max_pool``: the two agree in value, but
+    the gradient of ``reduce_window`` lowers to select-and-scatter, which is slow on
+    XLA:CPU, while this one's gradient is an elementwise mask. Odd trailing rows or
+    columns are dropped, as PyTorch does. Where a window holds several equal maxima,
+    the gradient is shared equally among them (``jnp.max``'s rule).
+    """
+    n, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2, :]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class MaxPool(nn.Module):
+    """``window``×``window`` max-pooling with ``stride``, padded by ``padding`` (with -inf).
+
+    The seed's 2×2, stride 2, unpadded pooling runs as :func:`max_pool_2x2`; any other
+    as ``nn.max_pool``.
+    """
+
+    window: int = 2
+    stride: int = 2
+    padding: int = 0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Pool NHWC ``x`` over height and width."""
+        if (self.window, self.stride, self.padding) == (2, 2, 0):
+            return max_pool_2x2(x)
+        pad = (self.padding, self.padding)
+        return nn.max_pool(
+            x, (self.window, self.window), strides=(self.stride, self.stride), padding=(pad, pad)
+        )
+
+
+def conv2d_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Return the stride-1 convolution of NHWC ``x`` with HWIO ``kernel``, zero-padded to size."""
+    pad = kernel.shape[0] // 2
+    return lax.conv_general_dilated(
+        x, kernel, (1, 1), [(pad, pad), (pad, pad)], dimension_numbers=_NHWC
+    )
+
+
+def _block_kernel_indices(kernel_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return where each tap of the space-to-depth block kernel reads the k×k kernel.
+
+    See :func:`conv_max_pool_space_to_depth`. Entry ``[s, t, di, dj, a, c]`` is the
+    (row, column) of the kernel, padded by one on every side, that multiplies input
+    pixel ``(di, dj)`` of block offset ``(s, t)`` for output pixel ``(a, c)`` of a block;
+    taps that fall outside the k×k kernel read the zero padding.
+    """
+    half, reach = kernel_size // 2, kernel_size // 4 + 1  # blocks each side: 1 for k = 5
+    offsets = np.arange(-reach, reach + 1)
+    s, t, di, dj, a, c = np.ix_(offsets, offsets, *[np.arange(2)] * 4)
+    rows = np.clip(2 * s + di - a + half + 1, 0, kernel_size + 1)
+    cols = np.clip(2 * t + dj - c + half + 1, 0, kernel_size + 1)
+    return np.broadcast_arrays(rows, cols)
+
+
+def conv_max_pool_space_to_depth(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Return ``max_pool_2x2(conv2d_same(x, kernel))`` for an odd k×k kernel, computed fast.
+
+    The same numbers (up to the order of float32 sums), for inputs with few channels,
+    where XLA:CPU's convolution is slow (the seed's first layer has one input channel).
+    The image is cut into 2×2 blocks that become channels (28×28×1 → 14×14×4); a 3×3
+    convolution over blocks, with the k×k kernel rearranged into a block kernel (zeros
+    where a tap falls outside it), gives each block's four outputs as channels
+    (14×14×(4·C)), and the 2×2 max-pool becomes a max over those four. The block kernel
+    is a gather of ``kernel``, so the gradient flows back to the k×k weights, which stay
+    in the usual HWIO layout. Height and width must be even.
+    """
+    n, h, w, cin = x.shape
+    size, _, _, cout = kernel.shape
+    blocks = x.reshape(n, h // 2, 2, w // 2, 2, cin).transpose(0, 1, 3, 2, 4, 5)
+    blocks = blocks.reshape(n, h // 2, w // 2, 4 * cin)
+    rows, cols = _block_kernel_indices(size)
+    taps = rows.shape[0]
+    padded = jnp.pad(kernel, ((1, 1), (1, 1), (0, 0), (0, 0)))
+    block_kernel = padded[rows, cols]  # (s, t, di, dj, a, c, cin, cout)
+    block_kernel = block_kernel.transpose(0, 1, 2, 3, 6, 4, 5, 7).reshape(
+        taps, taps, 4 * cin, 4 * cout
+    )
+    pad = taps // 2
+    out = lax.conv_general_dilated(
+        blocks, block_kernel, (1, 1), [(pad, pad), (pad, pad)], dimension_numbers=_NHWC
+    )
+    return out.reshape(n, h // 2, w // 2, 4, cout).max(axis=3)
+
+
+class ConvMaxPool(nn.Module):
+    """A k×k stride-1 'same' convolution followed by 2×2 max-pooling, computed together.
+
+    ``max_pool(conv(x) + bias)`` is computed as ``max_pool(conv(x)) + bias`` (the bias is
+    the same at every position of a window), and for inputs with fewer than 4 channels
+    through :func:`conv_max_pool_space_to_depth`; the parameters are a ``Conv2d``'s,
+    ``kernel`` (HWIO) and ``bias``, initialised as PyTorch does. ``python -m
+    jaxcnn.summary`` shows it as its two layers.
+    """
+
+    features: int
+    kernel_size: int = 5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Return the pooled convolution of NHWC ``x``: height and width halved."""
+        k, cin = self.kernel_size, x.shape[-1]
+        kernel = self.param("kernel", torch_kernel_init, (k, k, cin, self.features))
+        bias = self.param("bias", torch_bias_init(cin * k * k), (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+        if cin < 4 and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+            return conv_max_pool_space_to_depth(x, kernel) + bias
+        return max_pool_2x2(conv2d_same(x, kernel)) + bias
+
+
+class GlobalAveragePool(nn.Module):
+    """Average NHWC ``x`` over all of height and width: (N, H, W, C) → (N, C).
+
+    An average pool whose window is the whole map (K = W, S = 1, P = 0).
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Return the per-channel mean of ``x``."""
+        return jnp.mean(x, axis=(1, 2))
+
+
+def example_mask(mask: jax.Array | None) -> jax.Array | None:
+    """Return a per-example ``mask`` (N,) as the (N, 1, 1, 1) booleans BatchNorm takes.
+
+    BatchNorm then computes its batch mean and variance over the real examples only
+    (``mask`` 1), so the padding of a last, partial batch changes neither the
+    normalisation of the real examples nor the running statistics.
+    """
+    return None if mask is None else (mask > 0)[:, None, None, None]
+
+
+def batch_norm(name: str, train: bool) -> nn.BatchNorm:
+    """Return a BatchNorm as PyTorch's ``BatchNorm2d``: momentum 0.1 (Flax: 0.9), eps 1e-5.
+
+    Training normalises with the batch's statistics and updates the running ones in
+    the ``batch_stats`` collection; evaluation normalises with the running ones.
+    """
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+#: Inputs with a side shorter than this are "small" (MNIST's 28, CIFAR's 32): VGG and
+#: ResNet then use their small-image stems (see :mod:`jaxcnn.vgg`, :mod:`jaxcnn.resnet`).
+SMALL_IMAGE_SIDE = 64
+
+
+def is_small_image(images: jax.Array) -> bool:
+    """Return whether NHWC ``images`` are small: height or width under :data:`SMALL_IMAGE_SIDE`."""
+    return min(images.shape[1], images.shape[2]) < SMALL_IMAGE_SIDE
