@@ -74,6 +74,8 @@ class JaxWorker:
                 self.data.make_batch(self.splits["train"], indices, mask), BATCH
             )
             self.state, metrics = self.compiled.train(self.state, batch)
+            if self.placement.wait_every_step:  # as the loop does (see jaxcnn.parallel)
+                self.jax.block_until_ready(metrics)
         self.jax.block_until_ready((self.state, metrics))
         return (time.perf_counter() - start) / count
 
@@ -285,6 +287,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 )
             )
     for index, name in ((0, "whole seed job (s)"), (1, "peak resident memory (GB)")):
+        if not args.job_rounds:
+            break
         a_all = [job[index] for job in jobs["jax"]]
         b_all = [job[index] for job in jobs["torch"]]
         rows.append(row(name, statistics.median(a_all), statistics.median(b_all), a_all, b_all))
@@ -353,7 +357,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="train steps per round")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds")
     parser.add_argument("--job-epochs", type=int, default=3, help="epochs of each whole job")
-    parser.add_argument("--job-rounds", type=int, default=2, help="whole jobs of each program")
+    parser.add_argument(
+        "--job-rounds", type=int, default=2, help="whole jobs of each program (0: none)"
+    )
     parser.add_argument("--json", type=Path, default=EXPERIMENTS / "bench.json")
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -3,11 +3,12 @@
     python experiments/step_profile.py [--repeats 30]
 
 For each of the seed's two convolution blocks at batch 64 it times, as separate jitted
-functions: the convolution, its input gradient, its weight gradient, and the whole
-block (convolution, pooling, bias, ReLU) forward and backward, written both as
-``conv2d_same`` + ``max_pool_2x2`` and as ``conv_max_pool_space_to_depth``, the form
-``jaxcnn.models`` uses for inputs with fewer than 4 channels (for the first block,
-whose input needs no gradient, with the weight gradient only). Medians, in ms.
+functions: the convolution, its input gradient, its weight gradient, and the whole block
+forward and backward in two orders that give the same numbers: conv + bias → ReLU →
+2×2 max-pool (the seed's, what ``jaxcnn.models`` computes) and conv → max-pool → bias →
+ReLU (which touches a quarter of the values after the convolution). For the first block,
+whose input needs no gradient, the block's backward pass is the weight gradient only.
+Medians, in ms.
 """
 
 from __future__ import annotations
@@ -20,9 +21,19 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.layers import conv2d_same, conv_max_pool_space_to_depth, max_pool_2x2
+from jaxcnn.layers import max_pool_2x2
 
 BATCH = 64
+
+
+def conv2d_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Return the stride-1, zero-padded 'same' convolution of NHWC ``x`` with HWIO ``kernel``."""
+    pad = kernel.shape[0] // 2
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), [(pad, pad)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
 BLOCKS = {"conv1 (28×28×1 → 16)": (28, 1, 16), "conv2 (14×14×16 → 32)": (14, 16, 32)}
 
 
@@ -48,14 +59,18 @@ def block_timings(size: int, cin: int, cout: int, repeats: int) -> dict[str, flo
     y = conv2d_same(x, w)
     pooled_cotangent = jax.random.normal(key_g, (BATCH, size // 2, size // 2, cout))
 
-    def block_loss(form: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable[..., jax.Array]:
-        return lambda x, w: jnp.sum(jax.nn.relu(form(x, w)) * pooled_cotangent)
+    bias = jnp.zeros(cout)
 
-    def plain(x: jax.Array, w: jax.Array) -> jax.Array:
-        return max_pool_2x2(conv2d_same(x, w))
+    def block_loss(form: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable[..., jax.Array]:
+        return lambda x, w: jnp.sum(form(x, w) * pooled_cotangent)
+
+    def seed_order(x: jax.Array, w: jax.Array) -> jax.Array:
+        return max_pool_2x2(jax.nn.relu(conv2d_same(x, w) + bias))
+
+    def pool_first(x: jax.Array, w: jax.Array) -> jax.Array:
+        return jax.nn.relu(max_pool_2x2(conv2d_same(x, w)) + bias)
 
     wrt = 1 if cin == 1 else (0, 1)  # the first layer's input gradient is never needed
-
     return {
         "conv forward": median_ms(conv2d_same, x, w, repeats=repeats),
         "conv input gradient": median_ms(
@@ -64,14 +79,11 @@ def block_timings(size: int, cin: int, cout: int, repeats: int) -> dict[str, flo
         "conv weight gradient": median_ms(
             lambda x, w, y: jax.vjp(conv2d_same, x, w)[1](y)[1], x, w, y, repeats=repeats
         ),
-        "block fwd+bwd, conv then pool": median_ms(
-            jax.grad(block_loss(plain), argnums=wrt), x, w, repeats=repeats
+        "block fwd+bwd, conv+bias → ReLU → pool": median_ms(
+            jax.grad(block_loss(seed_order), argnums=wrt), x, w, repeats=repeats
         ),
-        "block fwd+bwd, space-to-depth": median_ms(
-            jax.grad(block_loss(conv_max_pool_space_to_depth), argnums=wrt),
-            x,
-            w,
-            repeats=repeats,
+        "block fwd+bwd, conv → pool → bias → ReLU": median_ms(
+            jax.grad(block_loss(pool_first), argnums=wrt), x, w, repeats=repeats
         ),
     }
 

@@ -12,12 +12,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
-from jax import lax
 
 Initializer = Callable[..., jax.Array]
-_NHWC = ("NHWC", "HWIO", "NHWC")
 
 #: Weights as PyTorch's ``Conv2d``/``Linear`` draw them by default:
 #: ``kaiming_uniform_(a=sqrt(5))`` is uniform in ±sqrt(6 / ((1 + 5) * fan_in)) = ±1/sqrt(fan_in),
@@ -79,85 +76,6 @@ class MaxPool(nn.Module):
         return nn.max_pool(
             x, (self.window, self.window), strides=(self.stride, self.stride), padding=(pad, pad)
         )
-
-
-def conv2d_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Return the stride-1 convolution of NHWC ``x`` with HWIO ``kernel``, zero-padded to size."""
-    pad = kernel.shape[0] // 2
-    return lax.conv_general_dilated(
-        x, kernel, (1, 1), [(pad, pad), (pad, pad)], dimension_numbers=_NHWC
-    )
-
-
-def _block_kernel_indices(kernel_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return where each tap of the space-to-depth block kernel reads the k×k kernel.
-
-    See :func:`conv_max_pool_space_to_depth`. Entry ``[s, t, di, dj, a, c]`` is the
-    (row, column) of the kernel, padded by one on every side, that multiplies input
-    pixel ``(di, dj)`` of block offset ``(s, t)`` for output pixel ``(a, c)`` of a block;
-    taps that fall outside the k×k kernel read the zero padding.
-    """
-    half, reach = kernel_size // 2, kernel_size // 4 + 1  # blocks each side: 1 for k = 5
-    offsets = np.arange(-reach, reach + 1)
-    s, t, di, dj, a, c = np.ix_(offsets, offsets, *[np.arange(2)] * 4)
-    rows = np.clip(2 * s + di - a + half + 1, 0, kernel_size + 1)
-    cols = np.clip(2 * t + dj - c + half + 1, 0, kernel_size + 1)
-    return np.broadcast_arrays(rows, cols)
-
-
-def conv_max_pool_space_to_depth(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Return ``max_pool_2x2(conv2d_same(x, kernel))`` for an odd k×k kernel, computed fast.
-
-    The same numbers (up to the order of float32 sums), for inputs with few channels,
-    where XLA:CPU's convolution is slow (the seed's first layer has one input channel).
-    The image is cut into 2×2 blocks that become channels (28×28×1 → 14×14×4); a 3×3
-    convolution over blocks, with the k×k kernel rearranged into a block kernel (zeros
-    where a tap falls outside it), gives each block's four outputs as channels
-    (14×14×(4·C)), and the 2×2 max-pool becomes a max over those four. The block kernel
-    is a gather of ``kernel``, so the gradient flows back to the k×k weights, which stay
-    in the usual HWIO layout. Height and width must be even.
-    """
-    n, h, w, cin = x.shape
-    size, _, _, cout = kernel.shape
-    blocks = x.reshape(n, h // 2, 2, w // 2, 2, cin).transpose(0, 1, 3, 2, 4, 5)
-    blocks = blocks.reshape(n, h // 2, w // 2, 4 * cin)
-    rows, cols = _block_kernel_indices(size)
-    taps = rows.shape[0]
-    padded = jnp.pad(kernel, ((1, 1), (1, 1), (0, 0), (0, 0)))
-    block_kernel = padded[rows, cols]  # (s, t, di, dj, a, c, cin, cout)
-    block_kernel = block_kernel.transpose(0, 1, 2, 3, 6, 4, 5, 7).reshape(
-        taps, taps, 4 * cin, 4 * cout
-    )
-    pad = taps // 2
-    out = lax.conv_general_dilated(
-        blocks, block_kernel, (1, 1), [(pad, pad), (pad, pad)], dimension_numbers=_NHWC
-    )
-    return out.reshape(n, h // 2, w // 2, 4, cout).max(axis=3)
-
-
-class ConvMaxPool(nn.Module):
-    """A k×k stride-1 'same' convolution followed by 2×2 max-pooling, computed together.
-
-    ``max_pool(conv(x) + bias)`` is computed as ``max_pool(conv(x)) + bias`` (the bias is
-    the same at every position of a window), and for inputs with fewer than 4 channels
-    through :func:`conv_max_pool_space_to_depth`; the parameters are a ``Conv2d``'s,
-    ``kernel`` (HWIO) and ``bias``, initialised as PyTorch does. ``python -m
-    jaxcnn.summary`` shows it as its two layers.
-    """
-
-    features: int
-    kernel_size: int = 5
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Return the pooled convolution of NHWC ``x``: height and width halved."""
-        k, cin = self.kernel_size, x.shape[-1]
-        kernel = self.param("kernel", torch_kernel_init, (k, k, cin, self.features))
-        bias = self.param("bias", torch_bias_init(cin * k * k), (self.features,))
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
-        if cin < 4 and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
-            return conv_max_pool_space_to_depth(x, kernel) + bias
-        return max_pool_2x2(conv2d_same(x, kernel)) + bias
 
 
 class GlobalAveragePool(nn.Module):

@@ -13,18 +13,14 @@ from __future__ import annotations
 import jax
 from flax import linen as nn
 
-from jaxcnn.layers import ConvMaxPool, torch_bias_init, torch_kernel_init
+from jaxcnn.layers import MaxPool, torch_bias_init, torch_kernel_init
+from jaxcnn.layers import max_pool_2x2 as max_pool_2x2  # re-exported: explain and tests use it
 from jaxcnn.resnet import ResNet18, ResNet34
 from jaxcnn.vgg import VGG16
 
 
 class ConvReluPool(nn.Module):
-    """``Conv2d(k×k, stride 1, 'same' padding) → ReLU → MaxPool2d(2)``, one of the seed's blocks.
-
-    Computed as conv → max-pool → (+ bias) → ReLU (:class:`jaxcnn.layers.ConvMaxPool`),
-    which gives the same numbers, since ReLU is monotonic and so commutes with the max,
-    and touches a quarter of the values.
-    """
+    """``Conv2d(k×k, stride 1, 'same' padding) → ReLU → MaxPool2d(2)``, one of the seed's blocks."""
 
     features: int
     kernel_size: int = 5
@@ -32,7 +28,18 @@ class ConvReluPool(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Apply the block to NHWC ``x``; halves height and width."""
-        return nn.relu(ConvMaxPool(self.features, self.kernel_size, name="conv")(x))
+        pad = self.kernel_size // 2
+        fan_in = x.shape[-1] * self.kernel_size * self.kernel_size
+        x = nn.Conv(
+            self.features,
+            (self.kernel_size, self.kernel_size),
+            strides=1,
+            padding=((pad, pad), (pad, pad)),
+            kernel_init=torch_kernel_init,
+            bias_init=torch_bias_init(fan_in),
+            name="conv",
+        )(x)
+        return MaxPool(2, 2, name="pool")(nn.relu(x))
 
 
 class CNN(nn.Module):

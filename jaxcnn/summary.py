@@ -32,7 +32,7 @@ from flax import linen as nn
 from jaxcnn import models
 from jaxcnn.cli import ArgumentParser, exit_process, run_command
 from jaxcnn.config import UsageError
-from jaxcnn.layers import ConvMaxPool, GlobalAveragePool, MaxPool
+from jaxcnn.layers import GlobalAveragePool, MaxPool
 
 PROG = "python -m jaxcnn.summary"
 
@@ -184,25 +184,6 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "x".join(map(str, shape))
 
 
-def describe_layers(
-    path: str, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
-) -> list[Layer]:
-    """Return the rows of a call of ``module`` (shapes without the batch axis).
-
-    Convolutions, dense layers, BatchNorm and pooling are one row each; a
-    :class:`ConvMaxPool` is two, its convolution and its pooling, though it computes
-    them together; modules made of layers (blocks, the network) have no rows of their own.
-    """
-    if isinstance(module, ConvMaxPool):
-        pad = module.kernel_size // 2
-        conv = nn.Conv(module.features, (module.kernel_size,) * 2, padding=((pad, pad),) * 2)
-        conv_shape = (*in_shape[:2], module.features)
-        pool = describe_layer(path.rsplit("/", 1)[0] + "/pool", MaxPool(), conv_shape, out_shape)
-        return [describe_layer(path, conv, in_shape, conv_shape), pool]
-    row = describe_layer(path, module, in_shape, out_shape)
-    return [] if row is None else [row]
-
-
 def describe_layer(
     path: str, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
 ) -> Layer | None:
@@ -278,7 +259,7 @@ def summarize(model_name: str, input_shape: tuple[int, int, int], num_classes: i
             f"--input-shape {','.join(map(str, input_shape))}: {model_name} cannot be built for it "
             f"({type(error).__name__}: {first_line})"
         ) from error
-    rows = [row for call in calls for row in describe_layers(*call)]
+    rows = [row for call in calls if (row := describe_layer(*call)) is not None]
     for row in rows:
         if min(row.output_shape) < 1:
             raise UsageError(

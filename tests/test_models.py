@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxcnn import layers, models
+from jaxcnn import models
 
 BATCH = 8
 
@@ -27,38 +27,13 @@ def test_every_layer_output_shape():
     logits, state = model.apply(
         {"params": params}, images, capture_intermediates=True, mutable=["intermediates"]
     )
-    outputs = state["intermediates"]
-    conv1_out = outputs["conv1"]["__call__"][0]
-    conv2_out = outputs["conv2"]["__call__"][0]
-    chex.assert_shape(outputs["conv1"]["conv"]["__call__"][0], (BATCH, 14, 14, 16))
-    chex.assert_shape(conv1_out, (BATCH, 14, 14, 16))
-    chex.assert_shape(outputs["conv2"]["conv"]["__call__"][0], (BATCH, 7, 7, 32))
-    chex.assert_shape(conv2_out, (BATCH, 7, 7, 32))
-    chex.assert_shape(outputs["out"]["__call__"][0], (BATCH, 10))
+    layers = state["intermediates"]
+    chex.assert_shape(layers["conv1"]["conv"]["__call__"][0], (BATCH, 28, 28, 16))
+    chex.assert_shape(layers["conv1"]["__call__"][0], (BATCH, 14, 14, 16))
+    chex.assert_shape(layers["conv2"]["conv"]["__call__"][0], (BATCH, 14, 14, 32))
+    chex.assert_shape(layers["conv2"]["__call__"][0], (BATCH, 7, 7, 32))
+    chex.assert_shape(layers["out"]["__call__"][0], (BATCH, 10))
     chex.assert_shape(logits, (BATCH, 10))
-    # The convolutions before pooling (each block computes them fused with the pool).
-    conv1, conv2 = params["conv1"]["conv"]["kernel"], params["conv2"]["conv"]["kernel"]
-    chex.assert_shape(layers.conv2d_same(images, conv1), (BATCH, 28, 28, 16))
-    chex.assert_shape(layers.conv2d_same(conv1_out, conv2), (BATCH, 14, 14, 32))
-
-
-def test_space_to_depth_conv_pool_equals_conv_then_pool_in_value_and_gradient():
-    images = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1), jnp.float32)
-    kernel = jax.random.normal(jax.random.key(2), (5, 5, 1, 16), jnp.float32)
-    cotangent = jax.random.normal(jax.random.key(3), (3, 14, 14, 16), jnp.float32)
-
-    def plain(kernel):
-        return jnp.sum(layers.max_pool_2x2(layers.conv2d_same(images, kernel)) * cotangent)
-
-    def fused(kernel):
-        return jnp.sum(layers.conv_max_pool_space_to_depth(images, kernel) * cotangent)
-
-    np.testing.assert_allclose(
-        layers.conv_max_pool_space_to_depth(images, kernel),
-        layers.max_pool_2x2(layers.conv2d_same(images, kernel)),
-        atol=1e-5,
-    )
-    np.testing.assert_allclose(jax.grad(fused)(kernel), jax.grad(plain)(kernel), rtol=1e-4)
 
 
 def test_parameter_count_and_shapes():
@@ -102,9 +77,9 @@ def test_initialisation_is_pytorch_default_uniform():
 def test_max_pool_2x2_matches_flax_max_pool():
     x = jax.random.normal(jax.random.key(2), (3, 14, 14, 5))
     expected = nn.max_pool(x, (2, 2), strides=(2, 2))
-    np.testing.assert_array_equal(layers.max_pool_2x2(x), expected)
+    np.testing.assert_array_equal(models.max_pool_2x2(x), expected)
     odd = jax.random.normal(jax.random.key(3), (2, 7, 7, 3))  # PyTorch drops the odd row/col
-    np.testing.assert_array_equal(layers.max_pool_2x2(odd), nn.max_pool(odd, (2, 2), (2, 2)))
+    np.testing.assert_array_equal(models.max_pool_2x2(odd), nn.max_pool(odd, (2, 2), (2, 2)))
 
 
 def test_different_seeds_give_different_weights():
