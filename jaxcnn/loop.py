@@ -416,12 +416,13 @@ StretchRunner = Callable[
 ]
 
 
+@functools.lru_cache(maxsize=2)
 def _epoch_batches(
-    config: TrainConfig, split: data.Split, epoch: int
+    seed: int, batch_size: int, epoch: int, num_examples: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Return ``(indices, mask)`` of every batch of ``epoch``, in order."""
-    order = data.epoch_permutation(config.seed, epoch, len(split))
-    return list(data.batch_indices(order, config.batch_size))
+    """Return ``(indices, mask)`` of every batch of ``epoch``, in order (the last two kept)."""
+    order = data.epoch_permutation(seed, epoch, num_examples)
+    return list(data.batch_indices(order, batch_size))
 
 
 def _python_stretches(
@@ -438,12 +439,11 @@ def _python_stretches(
     to stop.
     """
     rows = placement.local_rows(config.batch_size)
-    batches_of = functools.lru_cache(maxsize=1)(lambda epoch: _epoch_batches(config, split, epoch))
 
     def run(
         state: steps.TrainState, stretch: Stretch, pending: list[steps.Metrics]
     ) -> tuple[steps.TrainState, int, bool]:
-        batches = batches_of(stretch.epoch)
+        batches = _epoch_batches(config.seed, config.batch_size, stretch.epoch, len(split))
         taken = stretch.epoch * len(batches) + stretch.first
         for batch_index in range(stretch.first, stretch.last + 1):
             indices, mask = batches[batch_index]
@@ -481,12 +481,12 @@ def _compiled_stretches(
     """
     resident = placement.put_state({"images": split.images, "labels": split.labels})
     rows = placement.local_rows(config.batch_size)
-    batches_of = functools.lru_cache(maxsize=1)(lambda epoch: _epoch_batches(config, split, epoch))
 
     def run(
         state: steps.TrainState, stretch: Stretch, pending: list[steps.Metrics]
     ) -> tuple[steps.TrainState, int, bool]:
-        batches = batches_of(stretch.epoch)[stretch.first : stretch.last + 1]
+        epoch = _epoch_batches(config.seed, config.batch_size, stretch.epoch, len(split))
+        batches = epoch[stretch.first : stretch.last + 1]
         local = {
             "indices": np.stack([indices[rows] for indices, _ in batches]).astype(np.int32),
             "masks": np.stack([mask[rows] for _, mask in batches]),
@@ -498,7 +498,7 @@ def _compiled_stretches(
             state, resident["images"], resident["labels"], placed["indices"], placed["masks"]
         )
         pending.append(metrics)
-        hooks.on_progress(stretch.epoch * len(batches_of(stretch.epoch)) + stretch.last + 1)
+        hooks.on_progress(stretch.epoch * len(epoch) + stretch.last + 1)
         is_log_point = stretch.last % config.log_every == 0
         return state, stretch.length, _stop_agreed(hooks, placement, is_log_point)
 
