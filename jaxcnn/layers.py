@@ -37,6 +37,16 @@ def torch_bias_init(fan_in: int) -> Initializer:
     return init
 
 
+def torch_dense(features: int, in_features: int, name: str) -> nn.Dense:
+    """Return a dense layer initialised as PyTorch's ``nn.Linear``: uniform in ±1/sqrt(fan_in)."""
+    return nn.Dense(
+        features,
+        kernel_init=torch_kernel_init,
+        bias_init=torch_bias_init(in_features),
+        name=name,
+    )
+
+
 #: torchvision's convolution weights for VGG and ResNet: ``kaiming_normal_(mode="fan_out",
 #: nonlinearity="relu")``, a normal with variance 2 / fan_out.
 he_normal_fan_out: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")

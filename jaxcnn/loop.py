@@ -561,5 +561,7 @@ def example_batches(
     train_batch = placement.put_batch(
         data.make_batch(splits["train"], indices, mask), config.batch_size
     )
-    eval_batch = placed_eval_batches(splits["test"], config.eval_batch_size, placement)[0]
+    test, size = splits["test"], placement.round_up(config.eval_batch_size)
+    first_rows = data.Split(test.images[:size], test.labels[:size])  # not the whole split
+    eval_batch = placed_eval_batches(first_rows, config.eval_batch_size, placement)[0]
     return train_batch, eval_batch

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 from flax import linen as nn
 
-from jaxcnn.layers import MaxPool, torch_bias_init, torch_kernel_init
+from jaxcnn.layers import MaxPool, torch_bias_init, torch_dense, torch_kernel_init
 from jaxcnn.layers import max_pool_2x2 as max_pool_2x2  # re-exported: explain and tests use it
 from jaxcnn.resnet import ResNet18, ResNet34
 from jaxcnn.vgg import VGG16
@@ -67,12 +67,7 @@ class CNN(nn.Module):
         x = ConvReluPool(16, name="conv1")(images)
         x = ConvReluPool(32, name="conv2")(x)
         x = x.reshape(x.shape[0], -1)
-        return nn.Dense(
-            self.num_classes,
-            kernel_init=torch_kernel_init,
-            bias_init=torch_bias_init(x.shape[-1]),
-            name="out",
-        )(x)
+        return torch_dense(self.num_classes, x.shape[-1], name="out")(x)
 
 
 MODELS: dict[str, type[nn.Module]] = {

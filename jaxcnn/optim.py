@@ -13,13 +13,12 @@ import optax
 
 from jaxcnn import data
 from jaxcnn.config import TrainConfig
+from jaxcnn.loop import total_steps
 
 
 def planned_steps(config: TrainConfig) -> int:
     """Return the number of steps of ``config``'s whole run (its epochs, or max steps)."""
-    train_size = data.DATASETS[config.dataset].train_size
-    planned = config.epochs * data.steps_per_epoch(train_size, config.batch_size)
-    return planned if config.max_steps is None else min(planned, config.max_steps)
+    return total_steps(config, data.DATASETS[config.dataset].train_size)
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:

@@ -36,8 +36,7 @@ from jaxcnn.layers import (
     example_mask,
     he_normal_fan_out,
     is_small_image,
-    torch_bias_init,
-    torch_kernel_init,
+    torch_dense,
 )
 
 #: Channels of the four stages.
@@ -111,12 +110,7 @@ class ResNet(nn.Module):
                 name = f"stage{stage + 1}_block{block + 1}"
                 x = BasicBlock(features, stride, name=name)(x, train, bn_mask)
         x = GlobalAveragePool(name="avgpool")(x)
-        return nn.Dense(
-            self.num_classes,
-            kernel_init=torch_kernel_init,
-            bias_init=torch_bias_init(x.shape[-1]),
-            name="fc",
-        )(x)
+        return torch_dense(self.num_classes, x.shape[-1], name="fc")(x)
 
 
 class ResNet18(ResNet):

@@ -485,7 +485,7 @@ def run_training(
         board.close()
         checkpoints.close()
     if not result.stopped and primary:
-        write_summary(path, config, result, compiled.seconds, placement)
+        write_summary(path, config, result, compiled.seconds, placement, loop_kind)
     return result
 
 
@@ -495,6 +495,7 @@ def write_summary(
     result: loop.TrainResult,
     compile_seconds: float,
     placement: parallel.Placement,
+    loop_kind: str,
 ) -> None:
     """Write ``summary.json`` and print the closing line."""
     summary = {
@@ -507,7 +508,7 @@ def write_summary(
         "backend": jax.default_backend(),
         "devices": [str(device) for device in placement.mesh.devices.flat],
         "processes": placement.num_processes,
-        "loop": loop.resolve_loop(config.loop),
+        "loop": loop_kind,
         "params_sha256": tree_sha256(result.state.params),
         "config": config.to_dict(),
     }
