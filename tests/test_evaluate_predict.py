@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.common import file_digests, run_cli
+from helpers.common import file_digests, run_cli, save_pngs
 from PIL import Image
 
 from jaxcnn import evaluate, images, predict
@@ -60,11 +60,7 @@ def test_evaluate_text_and_an_older_step(trained, data_dir, capsys):
 
 def test_predict_agrees_with_the_model_on_real_test_digits(trained, mnist, tmp_path, capsys):
     test = mnist["test"]
-    paths = []
-    for i in range(20):
-        path = tmp_path / f"digit{i}.png"
-        Image.fromarray(test.images[i, :, :, 0]).save(path)
-        paths.append(str(path))
+    paths = save_pngs(test.images[:20], tmp_path, "digit")
     assert run_cli(predict.cli_main, ["--workdir", str(trained), "--json", *paths]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
     predicted = [int(r["predicted"]) for r in results]

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers.common import run_cli
-from PIL import Image
+from helpers.common import run_cli, save_pngs
 
 from jaxcnn import data, evaluate, predict, train
 
@@ -54,11 +53,7 @@ def test_evaluate_names_fashion_classes(fashion_run, prepared_fashion_mnist, cap
 def test_predict_names_fashion_classes(fashion_run, prepared_fashion_mnist, tmp_path, capsys):
     _, splits = prepared_fashion_mnist
     test = splits["test"]
-    paths = []
-    for index in range(20):
-        path = tmp_path / f"item{index}.png"
-        Image.fromarray(test.images[index, :, :, 0]).save(path)
-        paths.append(str(path))
+    paths = save_pngs(test.images[:20], tmp_path, "item")
     assert run_cli(predict.cli_main, ["--workdir", str(fashion_run), "--json", *paths]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
     assert all(set(result["probabilities"]) == set(NAMES) for result in results)

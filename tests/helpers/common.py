@@ -6,6 +6,19 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+
+def save_pngs(images: np.ndarray, folder: Path, stem: str) -> list[str]:
+    """Save uint8 (N, H, W, 1) ``images`` as ``folder/<stem><i>.png``; return their paths."""
+    paths = []
+    for index, image in enumerate(images):
+        path = folder / f"{stem}{index}.png"
+        Image.fromarray(image[:, :, 0]).save(path)
+        paths.append(str(path))
+    return paths
+
 
 def run_cli(cli_main: Callable[[list[str]], int], argv: list[str]) -> int:
     """Run a command's ``cli_main`` in this process; argparse's exits arrive as SystemExit."""
