@@ -59,7 +59,10 @@ class JaxWorker:
         self.placement = create_placement(None)
         self.state = self.placement.put_state(new_state(self.config))
         train_batch, eval_batch = loop.example_batches(self.config, self.splits, self.placement)
-        self.compiled = loop.compile_steps(self.state, train_batch, eval_batch, self.placement)
+        chunks = loop.resolve_chunks(None, self.state, self.placement, BATCH)  # as training
+        self.compiled = loop.compile_steps(
+            self.state, train_batch, eval_batch, self.placement, chunks=chunks
+        )
         self.test_batches = loop.placed_eval_batches(self.splits["test"], 1000, self.placement)
         order = data.epoch_permutation(0, 0, len(self.splits["train"]))
         self.batches = list(data.batch_indices(order, BATCH))[:-1]  # full batches only

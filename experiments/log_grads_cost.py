@@ -33,7 +33,10 @@ def main() -> None:
     placement = create_placement(1)
     state = placement.put_state(new_state(config))
     batch, eval_batch = loop.example_batches(config, {"train": split, "test": split}, placement)
-    compiled = loop.compile_steps(state, batch, eval_batch, placement, log_grads=True)
+    chunks = loop.resolve_chunks(None, state, placement, config.batch_size)  # as training
+    compiled = loop.compile_steps(
+        state, batch, eval_batch, placement, log_grads=True, chunks=chunks
+    )
     times = {"plain step": [], "step with gradient statistics": []}
     functions = {
         "plain step": compiled.train,

@@ -33,6 +33,7 @@ import jax
 
 from jaxcnn import data, loop, models, steps
 from jaxcnn.config import TrainConfig
+from jaxcnn.parallel import create_placement
 from jaxcnn.workdir import new_state
 
 HERE = Path(__file__).resolve().parent
@@ -89,9 +90,13 @@ def run(model: str, dataset: str, splits: dict[str, data.Split]) -> dict:
         splits["test"].images[: plan.test_examples], splits["test"].labels[: plan.test_examples]
     )
     splits = {"train": splits["train"], "test": test}
-    state = new_state(config)
+    placement = create_placement(1)
+    state = placement.put_state(new_state(config))
     params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(state.params))
-    compiled = loop.compile_steps(state, *loop.example_batches(config, splits))
+    chunks = loop.resolve_chunks(config.chunks, state, placement, config.batch_size)
+    compiled = loop.compile_steps(
+        state, *loop.example_batches(config, splits, placement), placement, chunks=chunks
+    )
     per_epoch = data.steps_per_epoch(len(splits["train"]), config.batch_size)
     steps_to_take = loop.total_steps(config, len(splits["train"]))
     load_before = os.getloadavg()[0]

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from jaxcnn.data import DATASETS
-from jaxcnn.models import MODELS
+from jaxcnn.models import MODELS, uses_batch_statistics
 
 
 class UsageError(Exception):
@@ -33,6 +33,8 @@ class TrainConfig:
         log_grads: measure gradient statistics at log points.
         schedule: the learning rate over the run, one of :data:`SCHEDULES`.
         loop: how the steps between sync points run, one of :data:`LOOPS`.
+        chunks: independent parts each batch is computed in (None: chosen per backend,
+            see :func:`jaxcnn.loop.resolve_chunks`).
 
     """
 
@@ -50,6 +52,7 @@ class TrainConfig:
     log_grads: bool = False
     schedule: str = "constant"
     loop: str = "auto"
+    chunks: int | None = None
 
     def validate(self) -> TrainConfig:
         """Return ``self`` if every field is usable.
@@ -79,11 +82,21 @@ class TrainConfig:
             (self.keep > 0, "--keep", "must be a positive integer"),
             (self.schedule in SCHEDULES, "--schedule", f"must be one of {', '.join(SCHEDULES)}"),
             (self.loop in LOOPS, "--loop", f"must be one of {', '.join(LOOPS)}"),
+            (
+                self.chunks is None or 1 <= self.chunks <= self.batch_size,
+                "--chunks",
+                f"must be 'auto' or an integer from 1 to the batch size ({self.batch_size})",
+            ),
         ]
         for ok, flag, problem in checks:
             if not ok:
                 value = getattr(self, flag[2:].replace("-", "_"))
                 raise UsageError(f"{flag} {value!r}: {problem}")
+        if self.chunks not in (None, 1) and uses_batch_statistics(self.model):
+            raise UsageError(
+                f"--chunks {self.chunks}: {self.model} has BatchNorm, whose statistics "
+                "need the whole batch; use 1 or auto"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -52,18 +52,49 @@ def torch_dense(features: int, in_features: int, name: str) -> nn.Dense:
 he_normal_fan_out: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def _crop_even(x: jax.Array) -> jax.Array:
+    """Drop an odd trailing row and column of NHWC ``x``, as PyTorch's 2×2 pooling does."""
+    _, h, w, _ = x.shape
+    return x[:, : h - h % 2, : w - w % 2, :]
+
+
+def _window_max_by_reshape(x: jax.Array) -> jax.Array:
+    """2×2/2 max-pooling as reshape-then-``max``: the form whose gradient XLA:CPU runs well."""
+    x = _crop_even(x)
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+@jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """Max-pool NHWC ``x`` over 2×2 windows with stride 2 (PyTorch's ``MaxPool2d(2)``).
 
-    Written as reshape-then-max rather than ``nn.max_pool``: the two agree in value, but
-    the gradient of ``reduce_window`` lowers to select-and-scatter, which is slow on
-    XLA:CPU, while this one's gradient is an elementwise mask. Odd trailing rows or
-    columns are dropped, as PyTorch does. Where a window holds several equal maxima,
-    the gradient is shared equally among them (``jnp.max``'s rule).
+    The same values as ``nn.max_pool``, in two forms chosen for XLA:CPU, where the
+    usual ones are slow: the gradient of ``reduce_window`` lowers to select-and-scatter,
+    and a reshape-then-``max`` reduction fused after a convolution runs several times
+    slower than the convolution itself. So inference (this function) takes the
+    elementwise maximum of each window's four strided corners, while training
+    (:func:`jax.custom_vjp`) runs reshape-then-``max`` and its autodiff gradient, an
+    elementwise mask. Either way each window's gradient goes to its maximum, shared
+    equally where several elements equal it (``jnp.max``'s rule). Odd trailing rows or
+    columns are dropped, as PyTorch does.
     """
-    n, h, w, c = x.shape
-    x = x[:, : h - h % 2, : w - w % 2, :]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    x = _crop_even(x)
+    corners = [x[:, row::2, col::2, :] for row in (0, 1) for col in (0, 1)]
+    return jnp.maximum(jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3]))
+
+
+def _max_pool_2x2_fwd(x: jax.Array) -> tuple[jax.Array, Callable[..., tuple[jax.Array]]]:
+    return jax.vjp(_window_max_by_reshape, x)
+
+
+def _max_pool_2x2_bwd(
+    pullback: Callable[..., tuple[jax.Array]], cotangent: jax.Array
+) -> tuple[jax.Array]:
+    return pullback(cotangent)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 
 class MaxPool(nn.Module):

@@ -11,8 +11,10 @@ evaluation. VGG-16 lives in :mod:`jaxcnn.vgg`, ResNet-18/34 in :mod:`jaxcnn.resn
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxcnn import fastconv
 from jaxcnn.layers import MaxPool, torch_bias_init, torch_dense, torch_kernel_init
 from jaxcnn.layers import max_pool_2x2 as max_pool_2x2  # re-exported: explain and tests use it
 from jaxcnn.resnet import ResNet18, ResNet34
@@ -37,6 +39,7 @@ class ConvReluPool(nn.Module):
             padding=((pad, pad), (pad, pad)),
             kernel_init=torch_kernel_init,
             bias_init=torch_bias_init(fan_in),
+            conv_general_dilated=fastconv.conv_general_dilated,
             name="conv",
         )(x)
         return MaxPool(2, 2, name="pool")(nn.relu(x))
@@ -86,3 +89,15 @@ def create_model(name: str, num_classes: int) -> nn.Module:
 
     """
     return MODELS[name](num_classes=num_classes)
+
+
+def uses_batch_statistics(name: str) -> bool:
+    """Return whether model ``name`` keeps variables besides its parameters (BatchNorm's).
+
+    Found by tracing the model's initialisation on one 28×28 image, without computing it.
+    """
+    model = create_model(name, num_classes=10)
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False)
+    )
+    return any(collection != "params" for collection in variables)

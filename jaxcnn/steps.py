@@ -19,6 +19,9 @@ A batch is a dict of ``image`` (uint8, NHWC), ``label`` (int32) and ``mask`` (fl
 
 from __future__ import annotations
 
+import functools
+import itertools
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -131,6 +134,55 @@ def loss_fn(
     return loss, (logits, new_model_state)
 
 
+def split_batch(batch: Batch, chunks: int) -> list[Batch]:
+    """Split ``batch`` into ``chunks`` consecutive parts whose sizes differ by at most one."""
+    size = batch["mask"].shape[0]
+    bounds = [size * k // chunks for k in range(chunks + 1)]
+    return [
+        {key: value[start:stop] for key, value in batch.items()}
+        for start, stop in itertools.pairwise(bounds)
+    ]
+
+
+def value_and_grad_in_chunks(
+    state: TrainState, batch: Batch, chunks: int = 1
+) -> tuple[tuple[jax.Array, tuple[jax.Array, PyTree]], PyTree]:
+    """``jax.value_and_grad(loss_fn, has_aux=True)`` on ``batch``, in ``chunks`` independent parts.
+
+    With ``chunks`` 1 this is exactly ``value_and_grad``. With more, each part's loss
+    and gradient are computed apart and combined, weighted by the part's share of the
+    batch's real examples, into the loss and gradient of the whole batch (equal up to
+    float32 rounding). The parts share no intermediate value, so XLA:CPU can run them
+    on different cores at once, which it does not do inside one convolution.
+
+    Raises:
+        ValueError: ``chunks`` > 1 for a model with batch statistics (BatchNorm),
+            which would then normalise each part on its own statistics.
+
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if chunks == 1:
+        return grad_fn(state.params, state, batch)
+    if state.model_state:
+        raise ValueError(
+            f"chunks={chunks} needs a model without batch statistics; "
+            "BatchNorm would normalise each chunk by its own statistics"
+        )
+    parts = split_batch(batch, chunks)
+    count = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
+    weights = [jnp.sum(part["mask"]) / count for part in parts]
+    results = [grad_fn(state.params, state, part) for part in parts]
+    loss = sum(
+        weight * part_loss for weight, ((part_loss, _), _) in zip(weights, results, strict=True)
+    )
+    logits = jnp.concatenate([part_logits for (_, (part_logits, _)), _ in results])
+    grads = jax.tree.map(
+        lambda *leaves: sum(weight * leaf for weight, leaf in zip(weights, leaves, strict=True)),
+        *[part_grads for _, part_grads in results],
+    )
+    return (loss, (logits, state.model_state)), grads
+
+
 def loss_and_gradients(state: TrainState, batch: Batch) -> tuple[jax.Array, PyTree]:
     """Return the batch loss and its gradient with respect to ``state.params``.
 
@@ -146,13 +198,14 @@ def tree_all_finite(tree: PyTree) -> jax.Array:
 
 
 def train_step(
-    state: TrainState, batch: Batch, with_grad_stats: bool = False
+    state: TrainState, batch: Batch, with_grad_stats: bool = False, chunks: int = 1
 ) -> tuple[TrainState, Metrics]:
     """Take one optimizer step on ``batch``; pure, meant to be ``jax.jit``-compiled.
 
     With ``with_grad_stats`` (a separate compilation), the metrics also hold each
     layer's gradient norm (``grad_norm``) and update-to-parameter ratio
-    (``update_ratio``); the plain step computes neither.
+    (``update_ratio``); the plain step computes neither. ``chunks`` (static) computes
+    the gradient in that many independent parts (:func:`value_and_grad_in_chunks`).
 
     If the loss or any gradient is not finite, or an earlier step's was not, the step
     changes nothing but ``nonfinite_step``, so the host can stop at the first bad step
@@ -163,8 +216,7 @@ def train_step(
         ``count`` (sums over real examples).
     """
     # PyTorch: output = net(data); loss = criterion(output, target); loss.backward()
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (logits, model_state)), grads = grad_fn(state.params, state, batch)
+    (loss, (logits, model_state)), grads = value_and_grad_in_chunks(state, batch, chunks)
     # PyTorch: optimizer.step() -- computed, not applied in place; no zero_grad() needed.
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -196,13 +248,22 @@ def predict_logits(state: TrainState, images: jax.Array) -> jax.Array:
     )
 
 
-def eval_step(state: TrainState, batch: Batch) -> Metrics:
+def eval_step(state: TrainState, batch: Batch, chunks: int = 1) -> Metrics:
     """Evaluate ``batch`` in inference mode; pure, meant to be ``jax.jit``-compiled.
+
+    ``chunks`` (static) evaluates the batch in that many independent parts, which
+    XLA:CPU can run on different cores at once; the sums are the same.
 
     Returns:
         Sums over the real examples: ``loss_sum``, ``correct`` and ``count``, so that
         batches add up to exact totals over a split.
     """
+    sums = [_eval_sums(state, part) for part in split_batch(batch, chunks)]
+    return jax.tree.map(lambda *parts: functools.reduce(operator.add, parts), *sums)
+
+
+def _eval_sums(state: TrainState, batch: Batch) -> Metrics:
+    """Return ``loss_sum``, ``correct`` and ``count`` of one batch's real examples."""
     logits = predict_logits(state, batch["image"])
     per_example = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     return {
@@ -226,11 +287,13 @@ def train_stretch(
     indices: jax.Array,
     masks: jax.Array,
     with_grad_stats: bool = False,
+    chunks: int = 1,
 ) -> tuple[TrainState, Metrics]:
     """Take ``len(indices)`` steps in one compiled loop (``lax.scan``), without the host.
 
     The training split (``images``, ``labels``) stays on the device; step ``i`` trains
-    on rows ``indices[i]`` with ``masks[i]``, exactly as :func:`train_step` would. The
+    on rows ``indices[i]`` with ``masks[i]``, exactly as :func:`train_step` would (with
+    the same ``chunks``). The
     last step runs outside the scan so that it alone can measure gradient statistics.
 
     Returns:
@@ -242,12 +305,12 @@ def train_stretch(
     def one_step(
         state: TrainState, rows: tuple[jax.Array, jax.Array]
     ) -> tuple[TrainState, Metrics]:
-        state, metrics = train_step(state, gather_batch(images, labels, *rows))
+        state, metrics = train_step(state, gather_batch(images, labels, *rows), chunks=chunks)
         return state, {"correct": metrics["correct"], "count": metrics["count"]}
 
     state, counted = jax.lax.scan(one_step, state, (indices[:-1], masks[:-1]))
     last_batch = gather_batch(images, labels, indices[-1], masks[-1])
-    state, metrics = train_step(state, last_batch, with_grad_stats=with_grad_stats)
+    state, metrics = train_step(state, last_batch, with_grad_stats=with_grad_stats, chunks=chunks)
     metrics["correct"] = metrics["correct"] + jnp.sum(counted["correct"])
     metrics["count"] = metrics["count"] + jnp.sum(counted["count"])
     return state, metrics

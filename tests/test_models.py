@@ -82,6 +82,26 @@ def test_max_pool_2x2_matches_flax_max_pool():
     np.testing.assert_array_equal(models.max_pool_2x2(odd), nn.max_pool(odd, (2, 2), (2, 2)))
 
 
+def test_max_pool_2x2_gradient_is_autodiff_of_the_window_max_ties_included():
+    # Without ties: the same gradient as flax's reduce_window pooling.
+    x = jax.random.normal(jax.random.key(4), (3, 14, 14, 5))
+    cotangent = jax.random.normal(jax.random.key(5), (3, 7, 7, 5))
+    ours = jax.jit(jax.vjp(models.max_pool_2x2, x)[1])(cotangent)[0]
+    flax_pool = jax.vjp(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)), x)[1](cotangent)[0]
+    np.testing.assert_array_equal(ours, flax_pool)
+
+    # With ties (a coarse grid after ReLU; odd height): jnp.max's rule, shared equally.
+    def window_max(x):
+        x = x[:, :14]
+        return x.reshape(3, 7, 2, 7, 2, 5).max(axis=(2, 4))
+
+    tied = jnp.round(jax.nn.relu(jax.random.normal(jax.random.key(6), (3, 15, 14, 5))) * 2) / 2
+    ours = jax.jit(jax.vjp(models.max_pool_2x2, tied)[1])(cotangent)[0]
+    np.testing.assert_allclose(ours, jax.vjp(window_max, tied)[1](cotangent)[0], rtol=1e-6)
+    maxima = tied[:, :14].reshape(3, 7, 2, 7, 2, 5) == window_max(tied)[:, :, None, :, None]
+    assert np.any(maxima.sum(axis=(2, 4)) > 1)  # the data does hold ties
+
+
 def test_different_seeds_give_different_weights():
     _, a = init_cnn(0)
     _, b = init_cnn(1)

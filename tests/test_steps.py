@@ -134,3 +134,44 @@ def test_eval_step_counts_only_real_examples(mnist):
     np.testing.assert_allclose(
         sum(float(t["loss_sum"]) for t in totals), float(whole["loss_sum"]), rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("chunks", [2, 4, 5])
+def test_a_batch_in_chunks_gives_the_whole_batch_s_loss_and_gradients(mnist, chunks):
+    # 40 real examples padded to 64: with 4 chunks of 16 the third is half padding and
+    # the fourth all padding; 5 chunks are of unequal sizes (12 and 13).
+    state = new_state()
+    batch = real_batch(mnist["train"], np.arange(40), 64)
+    whole = jax.jit(steps.value_and_grad_in_chunks)
+    parts = jax.jit(steps.value_and_grad_in_chunks, static_argnums=2)
+    (loss_a, (logits_a, _)), grads_a = whole(state, batch)
+    (loss_b, (logits_b, _)), grads_b = parts(state, batch, chunks)
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
+    np.testing.assert_allclose(logits_b, logits_a, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(grads_b, grads_a, rtol=1e-5, atol=1e-7)
+    step = jax.jit(steps.train_step, static_argnames="chunks")
+    _, metrics_a = step(state, batch)
+    _, metrics_b = step(state, batch, chunks=chunks)
+    assert int(metrics_b["correct"]) == int(metrics_a["correct"])
+    assert int(metrics_b["count"]) == int(metrics_a["count"]) == 40
+
+
+def test_chunks_are_refused_for_batchnorm_models():
+    state = steps.create_train_state(
+        models.create_model("resnet18", 10), optax.adam(1e-3), jax.random.key(0), (28, 28, 1)
+    )
+    batch = real_batch(
+        data.Split(np.zeros((4, 28, 28, 1), np.uint8), np.zeros(4, np.int32)), np.arange(4), 4
+    )
+    with pytest.raises(ValueError, match="BatchNorm"):
+        jax.eval_shape(lambda s, b: steps.train_step(s, b, chunks=2), state, batch)
+
+
+def test_eval_in_chunks_counts_the_same(mnist):
+    state = new_state()
+    batch = real_batch(mnist["test"], np.arange(900), 1000)
+    whole = jax.device_get(jax.jit(steps.eval_step)(state, batch))
+    parts = jax.device_get(jax.jit(steps.eval_step, static_argnums=2)(state, batch, 3))
+    assert int(parts["count"]) == int(whole["count"]) == 900
+    assert int(parts["correct"]) == int(whole["correct"])
+    np.testing.assert_allclose(parts["loss_sum"], whole["loss_sum"], rtol=1e-5)

@@ -82,6 +82,10 @@ BAD_FLAGS = [
     (["--dataset", "cifar10"], "--dataset"),
     (["--data-dir", "/nonexistent/tfds"], "--data-dir"),
     (["--manual-dir", "/nonexistent/mnist"], "--manual-dir"),
+    (["--chunks", "0"], "--chunks"),
+    (["--chunks", "some"], "--chunks"),
+    (["--chunks", "65"], "--chunks"),  # more parts than the batch has examples
+    (["--model", "resnet18", "--chunks", "2"], "--chunks"),  # BatchNorm needs the whole batch
 ]
 
 
