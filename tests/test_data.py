@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,28 @@ def test_no_network_and_no_data_says_how_to_run_offline(tmp_path, monkeypatch):
     assert not (tmp_path / "mnist").exists() or not any(
         (tmp_path / "mnist").rglob("*.array_record*")
     )
+
+
+def test_decoded_splits_are_kept_and_a_damaged_file_is_decoded_again(prepared_mnist, monkeypatch):
+    data_dir, splits = prepared_mnist
+    kept = next(Path(data_dir).glob(f"mnist/*/{data.ARRAYS_DIR}/test.npz"))
+    decoded = []
+    monkeypatch.setattr(data, "_read_split", _counting(data._read_split, decoded))
+    again = data.load_dataset("mnist", str(data_dir), None, splits=("test",))["test"]
+    assert decoded == []  # read from the kept arrays
+    np.testing.assert_array_equal(again.images, splits["test"].images)
+    np.testing.assert_array_equal(again.labels, splits["test"].labels)
+    kept.write_bytes(kept.read_bytes()[:1000])  # a file cut short
+    again = data.load_dataset("mnist", str(data_dir), None, splits=("test",))["test"]
+    assert decoded == ["test"]
+    np.testing.assert_array_equal(again.images, splits["test"].images)
+    with np.load(kept) as rewritten:
+        np.testing.assert_array_equal(rewritten["labels"], splits["test"].labels)
+
+
+def _counting(read_split, calls: list):
+    def read(builder, split):
+        calls.append(split)
+        return read_split(builder, split)
+
+    return read
