@@ -34,6 +34,17 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def positive_int(text: str) -> int:
+    """Parse a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
     """Add ``--data-dir`` and ``--manual-dir``, shared by every command that reads data."""
     parser.add_argument(

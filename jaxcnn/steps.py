@@ -188,7 +188,7 @@ def loss_and_gradients(state: TrainState, batch: Batch) -> tuple[jax.Array, PyTr
 
     This is ``loss.backward()`` as a function: nothing is stored anywhere.
     """
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch)
+    (loss, _), grads = value_and_grad_in_chunks(state, batch)
     return loss, grads
 
 

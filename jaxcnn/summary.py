@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxcnn import models
-from jaxcnn.cli import ArgumentParser, exit_process, run_command
+from jaxcnn.cli import ArgumentParser, exit_process, positive_int, run_command
 from jaxcnn.config import UsageError
 from jaxcnn.layers import GlobalAveragePool, MaxPool
 
@@ -332,17 +332,6 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
             f"{text!r} is not H,W,C: three positive integers, such as 28,28,1"
         )
     return values  # type: ignore[return-value]
-
-
-def positive_int(text: str) -> int:
-    """Parse a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
 
 
 def build_parser() -> ArgumentParser:

@@ -24,7 +24,14 @@ import jax
 
 from jaxcnn import data, loop, models, parallel, progress, steps, tb, workdir
 from jaxcnn.checkpoint import CHECKPOINT_DIR, Checkpoints, Position, tree_sha256
-from jaxcnn.cli import ArgumentParser, add_data_flags, exit_process, load_data, run_command
+from jaxcnn.cli import (
+    ArgumentParser,
+    add_data_flags,
+    exit_process,
+    load_data,
+    positive_int,
+    run_command,
+)
 from jaxcnn.config import LOOPS, RECIPES, SCHEDULES, TrainConfig, UsageError
 
 PROG = "python -m jaxcnn.train"
@@ -38,12 +45,9 @@ def parse_chunks(text: str) -> int | None:
     if text == "auto":
         return None
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a positive integer")
-    return value
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a positive integer") from None
 
 
 def build_parser() -> ArgumentParser:
