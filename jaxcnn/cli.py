@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from jaxcnn.checkpoint import CheckpointError
-from jaxcnn.config import UsageError
 from jaxcnn.data import (
     DATA_DIR_ENV,
     MANUAL_DIR_ENV,
-    DataError,
     Split,
     load_dataset,
     resolve_data_dir,
     resolve_manual_dir,
 )
+from jaxcnn.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CheckpointError,
+    DataError,
+    UsageError,
+)
 
-#: Exit code for a usage or input error.
-EXIT_USAGE = 2
-#: Exit code for Ctrl-C outside the training loop (128 + SIGINT).
-EXIT_INTERRUPTED = 130
+#: How a config field's type is parsed from its flag's text, when its flag says nothing else.
+PARSERS: dict[str, Callable[[str], Any]] = {"int": int, "int | None": int, "float": float}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -43,6 +46,53 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return value
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
+    """Add a flag for every field of the dataclass ``config_type``, from its metadata.
+
+    ``--batch-size`` for ``batch_size``; its help is the field's ``help`` followed by the
+    default (see :func:`jaxcnn.config.flag`). A bool field is a switch. A field whose
+    default comes from a recipe defaults to None here, so the recipe can fill it in.
+    """
+    for field in dataclasses.fields(config_type):
+        meta = field.metadata
+        shown = meta["shown_default"] or field.default
+        if meta["from_recipe"]:
+            shown = f"the recipe's, {shown}"
+        name = "--" + field.name.replace("_", "-")
+        help_text = f"{meta['help']} (default: {shown})".replace("%", "%%")
+        if field.type == "bool":
+            parser.add_argument(name, action="store_true", help=help_text)
+            continue
+        parser.add_argument(
+            name,
+            type=meta["parse"] or PARSERS.get(field.type, str),
+            choices=meta["choices"],
+            metavar=meta["metavar"],
+            default=None if meta["from_recipe"] else field.default,
+            help=help_text,
+        )
+
+
+def flag_table(parser: argparse.ArgumentParser) -> str:
+    """Return ``parser``'s flags as the README's Markdown table: flag, default, meaning.
+
+    The default is the text of the help's last ``(default: ...)``.
+    """
+    rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
+    for action in parser._actions:  # argparse keeps no public list of its flags
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        flag = action.option_strings[-1]
+        if action.nargs != 0:
+            flag += f" {action.metavar or '{' + ','.join(action.choices or ()) + '}'}"
+        meaning, _, default = (action.help or "").replace("%%", "%").rpartition(" (default: ")
+        if not meaning:
+            meaning, default = default, "-)"
+        meaning = meaning.replace("|", "\\|")
+        rows.append(f"| `{flag}` | {default[:-1]} | {meaning} |")
+    return "\n".join(rows)
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:

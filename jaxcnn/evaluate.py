@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import data, gallery, loop, steps, workdir
+from jaxcnn import data
 from jaxcnn.cli import (
     ArgumentParser,
     add_data_flags,
@@ -24,7 +24,13 @@ from jaxcnn.cli import (
     load_data,
     run_command,
 )
-from jaxcnn.config import TrainConfig, UsageError
+from jaxcnn.config import TrainConfig
+from jaxcnn.errors import UsageError
+from jaxcnn.inspection import gallery
+from jaxcnn.training import workdir
+from jaxcnn.training.evaluation import EvalResult, evaluate
+from jaxcnn.training.state import TrainState
+from jaxcnn.training.step import Batch, eval_step, predict_logits
 
 PROG = "python -m jaxcnn.evaluate"
 
@@ -58,10 +64,10 @@ def build_parser() -> ArgumentParser:
 
 
 def predict_probabilities(
-    state: steps.TrainState, batches: Sequence[steps.Batch]
+    state: TrainState, batches: Sequence[Batch]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the class probabilities (N, classes) and the true class of every real example."""
-    predict = jax.jit(lambda state, images: jax.nn.softmax(steps.predict_logits(state, images)))
+    predict = jax.jit(lambda state, images: jax.nn.softmax(predict_logits(state, images)))
     probabilities, labels = [], []
     for batch in batches:
         real = batch["mask"] > 0
@@ -78,7 +84,7 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
 
 
 def build_report(
-    config: TrainConfig, step: int, totals: loop.EvalResult, matrix: np.ndarray
+    config: TrainConfig, step: int, totals: EvalResult, matrix: np.ndarray
 ) -> dict[str, Any]:
     """Return the evaluation as a JSON-ready dict."""
     names = data.DATASETS[config.dataset].class_names
@@ -155,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, state, _, step = workdir.restore_run(args.workdir, args.step)
     splits = load_data(args, config.dataset, ("test",))
     batches = data.fixed_batches(splits["test"], config.eval_batch_size)
-    totals = loop.evaluate(jax.jit(steps.eval_step), state, batches)
+    totals = evaluate(jax.jit(eval_step), state, batches)
     probabilities, labels = predict_probabilities(state, batches)
     num_classes = data.DATASETS[config.dataset].num_classes
     matrix = confusion_matrix(labels, probabilities.argmax(-1), num_classes)

@@ -18,9 +18,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt
 
-from jaxcnn import workdir
 from jaxcnn.cli import ArgumentParser, exit_process, run_command
-from jaxcnn.config import UsageError
+from jaxcnn.errors import UsageError
+from jaxcnn.training import workdir
 
 PROG = "python -m jaxcnn.plot"
 

@@ -8,8 +8,11 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from jaxcnn import data, images, steps, workdir
+from jaxcnn import data, images
 from jaxcnn.cli import ArgumentParser, add_data_flags, add_restore_flags, exit_process, run_command
+from jaxcnn.training import workdir
+from jaxcnn.training.state import TrainState
+from jaxcnn.training.step import predict_logits
 
 PROG = "python -m jaxcnn.predict"
 
@@ -34,9 +37,9 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def class_probabilities(state: steps.TrainState, pixels: np.ndarray) -> np.ndarray:
+def class_probabilities(state: TrainState, pixels: np.ndarray) -> np.ndarray:
     """Return softmax probabilities (N, classes) for uint8 images (N, 28, 28)."""
-    logits = steps.predict_logits(state, pixels[..., None])
+    logits = predict_logits(state, pixels[..., None])
     return np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
 
 
