@@ -43,7 +43,7 @@ def parse_chunks(text: str) -> int | None:
 
 def flag(
     default: Any,
-    help: str,  # noqa: A002 -- argparse's word
+    help: str,
     *,
     parse: Callable[[str], Any] | None = None,
     choices: tuple[str, ...] | None = None,

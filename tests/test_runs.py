@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from helpers.common import run_cli
 
-from jaxcnn import runs, train, workdir
+from jaxcnn import runs, train
+from jaxcnn.training import workdir
 
 
 class SigintAfter(train.StopRequest):

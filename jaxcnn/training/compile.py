@@ -206,4 +206,3 @@ def example_batches(
     first_rows = data.Split(test.images[:size], test.labels[:size])  # not the whole split
     eval_batch = placed_eval_batches(first_rows, config.eval_batch_size, placement)[0]
     return train_batch, eval_batch
-

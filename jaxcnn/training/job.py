@@ -105,10 +105,14 @@ def run_job(config: TrainConfig, options: JobOptions) -> int:
         stop = StopRequest()
         try:
             status = (
-                workdir.recording_status(path, resumed_step) if primary else contextlib.nullcontext()
+                workdir.recording_status(path, resumed_step)
+                if primary
+                else contextlib.nullcontext()
             )
             with status, stop_on_signals(stop):
-                result = run_training(config, splits, path, start, stop, placement, options)
+                result = run_training(
+                    config, splits, path, start, stop, placement, options.show_progress
+                )
                 if primary:
                     stopped_by = signal_name(stop) if result.stopped else None
                     workdir.record_end(path, result.steps, stopped_by, stop.exit_code)
@@ -133,12 +137,12 @@ def run_training(
     start: StartPoint | None,
     stop: StopRequest,
     placement: parallel.Placement,
-    options: JobOptions,
+    show_progress: bool = False,
 ) -> TrainResult:
     """Compile the steps and train from ``start`` (or from scratch) into ``path``.
 
     Each log record becomes a log line (above a progress bar per epoch on a terminal,
-    with ``options.show_progress``), a line of ``metrics.jsonl`` and TensorBoard scalars.
+    with ``show_progress``), a line of ``metrics.jsonl`` and TensorBoard scalars.
     """
     if start is None:
         position = Position(epoch=0, batch=0, seed=config.seed)
@@ -165,7 +169,7 @@ def run_training(
     board = tb.Board(path / tb.TB_DIR, config)  # opens files lazily: in process 0 only
     primary = jax.process_index() == 0
     display = progress.for_stream(
-        options.show_progress,
+        show_progress,
         sys.stdout,
         timetable.steps_per_epoch,
         timetable.total_steps,

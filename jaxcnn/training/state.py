@@ -74,8 +74,6 @@ def create_train_state(
     )
 
 
-
-
 def new_state(config: TrainConfig) -> TrainState:
     """Return the freshly initialised training state of ``config``."""
     spec = data.DATASETS[config.dataset]
