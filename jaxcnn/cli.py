@@ -37,17 +37,6 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """Parse a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
 def add_config_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
     """Add a flag for every field of the dataclass ``config_type``, from its metadata.
 
@@ -124,17 +113,22 @@ def load_data(
     )
 
 
-def add_restore_flags(parser: argparse.ArgumentParser) -> None:
+def add_restore_flags(
+    parser: argparse.ArgumentParser,
+    workdir_help: str = "work dir of a jaxcnn.train run",
+    step_help: str = "the checkpoint to restore (default: the newest)",
+) -> None:
     """Add ``--workdir`` (required) and ``--step``, for commands that restore a checkpoint."""
-    parser.add_argument(
-        "--workdir", required=True, metavar="DIR", help="work dir of a jaxcnn.train run"
-    )
-    parser.add_argument(
-        "--step",
-        type=int,
-        metavar="N",
-        help="the checkpoint to restore (default: the newest)",
-    )
+    parser.add_argument("--workdir", required=True, metavar="DIR", help=workdir_help)
+    parser.add_argument("--step", type=int, metavar="N", help=step_help)
+
+
+def checkpoint_command_parser(prog: str, description: str) -> ArgumentParser:
+    """Return the parser of a command that reads a run's checkpoint: restore and data flags."""
+    parser = ArgumentParser(prog=prog, description=description)
+    add_restore_flags(parser)
+    add_data_flags(parser)
+    return parser
 
 
 def exit_process(code: int) -> NoReturn:

@@ -28,17 +28,25 @@ SCHEDULES = ("constant", "one-cycle")
 LOOPS = ("auto", "python", "scan")
 
 
-def parse_chunks(text: str) -> int | None:
-    """Return ``--chunks``'s value: None for ``auto``, else the positive integer given."""
-    if text == "auto":
-        return None
+def positive_int(text: str) -> int:
+    """Parse a positive integer."""
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a positive integer")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return value
+
+
+def parse_chunks(text: str) -> int | None:
+    """Return ``--chunks``'s value: None for ``auto``, else the positive integer given."""
+    if text == "auto":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a positive integer") from None
 
 
 def flag(

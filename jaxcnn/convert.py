@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from jaxcnn.cli import ArgumentParser, exit_process, run_command
+from jaxcnn.cli import ArgumentParser, add_restore_flags, exit_process, run_command
 from jaxcnn.config import TrainConfig
 from jaxcnn.errors import UsageError
 from jaxcnn.models import torch_interop
@@ -44,17 +44,11 @@ def build_parser() -> ArgumentParser:
     direction.add_argument(
         "--to-torch", type=Path, metavar="FILE", help="new file to write the state_dict to"
     )
-    parser.add_argument(
-        "--workdir",
-        required=True,
-        metavar="DIR",
-        help="with --from-torch: a new work dir to create; with --to-torch: a run's work dir",
-    )
-    parser.add_argument(
-        "--step",
-        type=int,
-        metavar="N",
-        help="with --to-torch: the checkpoint (default: the newest)",
+    add_restore_flags(
+        parser,
+        workdir_help="with --from-torch: a new work dir to create; with --to-torch: a run's "
+        "work dir",
+        step_help="with --to-torch: the checkpoint (default: the newest)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="with --from-torch: the run's seed for its data order"

@@ -15,15 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import data
-from jaxcnn.cli import (
-    ArgumentParser,
-    add_data_flags,
-    add_restore_flags,
-    exit_process,
-    load_data,
-    run_command,
-)
+from jaxcnn import cli, data
 from jaxcnn.config import TrainConfig
 from jaxcnn.errors import UsageError
 from jaxcnn.inspection import gallery
@@ -35,15 +27,14 @@ from jaxcnn.training.step import Batch, eval_step, predict_logits
 PROG = "python -m jaxcnn.evaluate"
 
 
-def build_parser() -> ArgumentParser:
+def build_parser() -> cli.ArgumentParser:
     """Return the command-line parser."""
-    parser = ArgumentParser(
-        prog=PROG,
-        description="Evaluate a checkpoint of a jaxcnn run on the whole test set: loss, "
+    parser = cli.checkpoint_command_parser(
+        PROG,
+        "Evaluate a checkpoint of a jaxcnn run on the whole test set: loss, "
         "accuracy, per-class accuracy and the confusion matrix (rows: true class, columns: "
         "predicted class).",
     )
-    add_restore_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
         "--gallery",
@@ -59,7 +50,6 @@ def build_parser() -> ArgumentParser:
         metavar="N",
         help="draw at most N mistakes, the most confident ones (default: %(default)s)",
     )
-    add_data_flags(parser)
     return parser
 
 
@@ -159,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gallery_max <= 0:
         raise UsageError(f"--gallery-max {args.gallery_max}: must be a positive integer")
     config, state, _, step = workdir.restore_run(args.workdir, args.step)
-    splits = load_data(args, config.dataset, ("test",))
+    splits = cli.load_data(args, config.dataset, ("test",))
     batches = data.fixed_batches(splits["test"], config.eval_batch_size)
     totals = evaluate(jax.jit(eval_step), state, batches)
     probabilities, labels = predict_probabilities(state, batches)
@@ -177,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-cli_main = run_command(PROG, main)
+cli_main = cli.run_command(PROG, main)
 
 if __name__ == "__main__":
-    exit_process(cli_main())
+    cli.exit_process(cli_main())

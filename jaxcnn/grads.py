@@ -11,15 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxcnn import data
-from jaxcnn.cli import (
-    ArgumentParser,
-    add_data_flags,
-    add_restore_flags,
-    exit_process,
-    load_data,
-    run_command,
-)
+from jaxcnn import cli, data
 from jaxcnn.errors import UsageError
 from jaxcnn.inspection.gradients import format_table, global_norm, save_npz, summarize
 from jaxcnn.training import workdir
@@ -28,15 +20,14 @@ from jaxcnn.training.step import loss_and_gradients
 PROG = "python -m jaxcnn.grads"
 
 
-def build_parser() -> ArgumentParser:
+def build_parser() -> cli.ArgumentParser:
     """Return the command-line parser."""
-    parser = ArgumentParser(
-        prog=PROG,
-        description="Restore a checkpoint, compute the gradient of the loss on a batch of "
+    parser = cli.checkpoint_command_parser(
+        PROG,
+        "Restore a checkpoint, compute the gradient of the loss on a batch of "
         "the training set (the batch the run would train on next), and print it leaf by "
         "leaf: shape, L2 norm, RMS, largest magnitude and share of exact zeros.",
     )
-    add_restore_flags(parser)
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -49,7 +40,6 @@ def build_parser() -> ArgumentParser:
         metavar="FILE.npz",
         help="also save the gradient to this new .npz file, keyed by leaf path",
     )
-    add_data_flags(parser)
     return parser
 
 
@@ -62,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"--save {str(args.save)!r} exists; choose a new file")
     config, state, position, step = workdir.restore_run(args.workdir, args.step)
     batch_size = args.batch_size or config.batch_size
-    train = load_data(args, config.dataset, ("train",))["train"]
+    train = cli.load_data(args, config.dataset, ("train",))["train"]
     order = data.epoch_permutation(config.seed, position.epoch, len(train))
     start = (position.batch * config.batch_size) % len(train)
     indices = np.resize(np.roll(order, -start), batch_size)
@@ -81,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-cli_main = run_command(PROG, main)
+cli_main = cli.run_command(PROG, main)
 
 if __name__ == "__main__":
-    exit_process(cli_main())
+    cli.exit_process(cli_main())

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from jaxcnn import data, images
-from jaxcnn.cli import ArgumentParser, add_data_flags, add_restore_flags, exit_process, run_command
+from jaxcnn.cli import ArgumentParser, checkpoint_command_parser, exit_process, run_command
 from jaxcnn.training import workdir
 from jaxcnn.training.state import TrainState
 from jaxcnn.training.step import predict_logits
@@ -19,9 +19,9 @@ PROG = "python -m jaxcnn.predict"
 
 def build_parser() -> ArgumentParser:
     """Return the command-line parser."""
-    parser = ArgumentParser(
-        prog=PROG,
-        description="Classify PNG or JPEG images with a checkpoint of a jaxcnn run: prints "
+    parser = checkpoint_command_parser(  # with the data flags, though predict reads no dataset
+        PROG,
+        "Classify PNG or JPEG images with a checkpoint of a jaxcnn run: prints "
         "the predicted class and the probability of each class. A grayscale 28x28 image is "
         "used as it is (white digit on black, as in MNIST). Any other image is converted "
         "the way MNIST's digits were prepared: made grayscale (transparency on white), "
@@ -30,10 +30,8 @@ def build_parser() -> ArgumentParser:
         f"field centred by its centre of mass. Files over {images.MAX_IMAGE_BYTES // 2**20} "
         "MB are refused before decoding.",
     )
-    add_restore_flags(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    add_data_flags(parser)  # Shared by every command; predict reads no dataset.
     return parser
 
 

@@ -9,7 +9,8 @@ import argparse
 from collections.abc import Sequence
 
 from jaxcnn import models
-from jaxcnn.cli import ArgumentParser, exit_process, positive_int, run_command
+from jaxcnn.cli import ArgumentParser, exit_process, run_command
+from jaxcnn.config import positive_int
 from jaxcnn.inspection.layer_shapes import format_summary, summarize
 
 PROG = "python -m jaxcnn.summary"

@@ -25,7 +25,7 @@ from jaxcnn.training import parallel, progress, workdir
 from jaxcnn.training.checkpoints import CHECKPOINT_DIR, Checkpoints
 from jaxcnn.training.compile import compile_steps, example_batches, resolve_chunks, resolve_loop
 from jaxcnn.training.evaluation import EvalResult
-from jaxcnn.training.loop import Hooks, LogRecord, TrainResult, train_and_evaluate
+from jaxcnn.training.loop import Hooks, LogRecord, LoopSetup, TrainResult, train_and_evaluate
 from jaxcnn.training.report import (
     RunFacts,
     format_grad_line,
@@ -191,8 +191,9 @@ def run_training(
 
     hooks = Hooks(on_log, on_checkpoint, stop_requested=stop, on_progress=display.advance)
     loop = train_and_evaluate_scanned if loop_kind == "scan" else train_and_evaluate
+    setup = LoopSetup(config, splits, compiled, hooks, placement)
     try:
-        result = loop(config, splits, start.state, start.position, compiled, hooks, placement)
+        result = loop(setup, start.state, start.position)
     finally:
         display.close()
         board.close()

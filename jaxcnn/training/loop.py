@@ -79,6 +79,21 @@ class Hooks:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoopSetup:
+    """What a training loop works with, besides the state it starts from.
+
+    Every process of a multi-process run passes the same; each feeds its own rows of
+    every global batch (see :mod:`jaxcnn.training.parallel`).
+    """
+
+    config: TrainConfig
+    splits: dict[str, data.Split]
+    compiled: CompiledSteps
+    hooks: Hooks
+    placement: Placement
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainResult:
     """What a training loop reports when it ends, finished or stopped."""
 
@@ -91,97 +106,87 @@ class TrainResult:
     stopped: bool
 
 
-def train_and_evaluate(
-    config: TrainConfig,
-    splits: dict[str, data.Split],
-    state: TrainState,
-    position: Position,
-    compiled: CompiledSteps,
-    hooks: Hooks,
-    placement: Placement,
-) -> TrainResult:
-    """Run ``config``'s epochs from ``state`` at ``position`` until done or asked to stop.
-
-    Every process of a multi-process run calls this with the same arguments; each
-    feeds its own rows of every global batch (see :mod:`jaxcnn.training.parallel`).
+def train_and_evaluate(setup: LoopSetup, state: TrainState, position: Position) -> TrainResult:
+    """Run the config's epochs from ``state`` at ``position`` until done or asked to stop.
 
     Raises:
         NonFiniteError: a step's loss or gradient was not finite; the state was frozen
             before that step, and no checkpoint is written of it.
     """
-    sync = SyncPoints(config, splits, compiled, hooks, placement, position)
+    config, compiled, placement = setup.config, setup.compiled, setup.placement
+    sync = SyncPoints(setup, position)
     timetable = sync.timetable
     steps_done = timetable.steps_before(position.epoch, position.batch)
     for epoch in range(position.epoch, timetable.epochs_with_steps):
-        sync.start_epoch(epoch)
-        first = position.batch if epoch == position.epoch else 0
-        for batch_index, batch in placed_batches(config, splits["train"], placement, epoch, first):
+        first = sync.start_epoch(epoch)
+        for batch_index, batch in placed_batches(setup, epoch, first):
             log_grads = config.log_grads and timetable.is_log_point(batch_index)
             train_step = compiled.step_with_grad_stats if log_grads else compiled.step
             state, metrics = train_step(state, batch)
             if placement.wait_every_step:  # several CPU devices: see Placement
                 jax.block_until_ready(metrics)
-            sync.unread.append(metrics)
             steps_done += 1
-            hooks.on_progress(steps_done)
-            stop = sync.stop_requested(batch_index)
-            if stop or timetable.is_sync_point(batch_index, steps_done):
-                sync.at_sync_point(state, epoch, batch_index, steps_done, stop)
-            if stop:
-                return sync.result(state, steps_done, stopped=True)
-    return sync.result(state, steps_done, stopped=False)
+            if sync.is_due(metrics, batch_index, steps_done):
+                sync.at_sync_point(state, epoch, batch_index, steps_done)
+            if sync.stop:
+                return sync.result(state, steps_done)
+    return sync.result(state, steps_done)
 
 
 class SyncPoints:
     """What the host does where the loop syncs with the devices, and carries between them.
 
     It holds the running train accuracy of the epoch (restored from ``position`` on
-    resume), the step metrics not read back yet (``unread``), the placed test batches
-    and the clock of the time per step.
+    resume), the step metrics not read back yet (``unread``), whether a stop was
+    requested (``stop``), the placed test batches and the clock of the time per step.
     """
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        splits: dict[str, data.Split],
-        compiled: CompiledSteps,
-        hooks: Hooks,
-        placement: Placement,
-        position: Position,
-    ) -> None:
-        self.config, self.compiled, self.hooks, self.placement = config, compiled, hooks, placement
-        self.train_split = splits["train"]
-        self.timetable = Timetable.of(config, len(self.train_split))
-        self.test_batches = placed_eval_batches(splits["test"], config.eval_batch_size, placement)
-        self.resumed_epoch = position.epoch
+    def __init__(self, setup: LoopSetup, position: Position) -> None:
+        self.config, self.compiled, self.hooks = setup.config, setup.compiled, setup.hooks
+        self.placement = setup.placement
+        self.train_split = setup.splits["train"]
+        self.timetable = Timetable.of(self.config, len(self.train_split))
+        self.test_batches = placed_eval_batches(
+            setup.splits["test"], self.config.eval_batch_size, self.placement
+        )
+        self.resumed_epoch, self.resumed_batch = position.epoch, position.batch
         self.correct, self.count = position.correct, position.count
         self.unread: list[Metrics] = []  # device values not read back yet
+        self.stop = False
         self.started = self.clock_start = time.perf_counter()
         self.clock_steps = self.timetable.steps_before(position.epoch, position.batch)
 
-    def start_epoch(self, epoch: int) -> None:
-        """Reset the running accuracy and drop the last epoch's unread metrics."""
-        if epoch != self.resumed_epoch:
-            self.correct = self.count = 0
-            self.unread.clear()
+    def start_epoch(self, epoch: int) -> int:
+        """Return the epoch's first batch; in a new epoch, reset the running accuracy.
 
-    def stop_requested(self, batch: int) -> bool:
-        """Return whether to stop after this step.
-
-        One process polls its stop request after every step. Several processes must stop
-        after the same step, so they agree at log points only (a collective there).
+        The metrics of the last epoch not read back yet are dropped then.
         """
-        if self.placement.num_processes == 1:
-            return self.hooks.stop_requested()
-        return self.timetable.is_log_point(batch) and any_process(self.hooks.stop_requested())
+        if epoch == self.resumed_epoch:
+            return self.resumed_batch
+        self.correct = self.count = 0
+        self.unread.clear()
+        return 0
 
-    def at_sync_point(
-        self, state: TrainState, epoch: int, batch: int, steps_done: int, stop: bool
-    ) -> None:
+    def is_due(self, metrics: Metrics, batch: int, steps_done: int) -> bool:
+        """Note the metrics of the step(s) up to ``batch``; return whether to sync now.
+
+        It is time at a log or checkpoint point, and when a stop was requested. One
+        process polls its stop request after every step (host only). Several processes
+        must stop after the same step, so they agree at log points only (a collective).
+        """
+        self.unread.append(metrics)
+        self.hooks.on_progress(steps_done)
+        if self.placement.num_processes == 1:
+            self.stop = self.hooks.stop_requested()
+        elif self.timetable.is_log_point(batch):
+            self.stop = any_process(self.hooks.stop_requested())
+        return self.stop or self.timetable.is_sync_point(batch, steps_done)
+
+    def at_sync_point(self, state: TrainState, epoch: int, batch: int, steps_done: int) -> None:
         """Read back, check, evaluate, log and checkpoint after batch ``batch`` of ``epoch``.
 
         The log line is written at a log point, the checkpoint when one is due or a stop
-        was requested (``stop``).
+        was requested.
 
         Raises:
             NonFiniteError: a step since the last sync point went non-finite.
@@ -209,11 +214,11 @@ class SyncPoints:
                     step_seconds=step_seconds,
                 )
             )
-        if stop or self.timetable.is_checkpoint_point(steps_done):
+        if self.stop or self.timetable.is_checkpoint_point(steps_done):
             self.hooks.on_checkpoint(state, self._position_after(epoch, batch), test)
         self.clock_start, self.clock_steps = time.perf_counter(), steps_done
 
-    def result(self, state: TrainState, steps_done: int, stopped: bool) -> TrainResult:
+    def result(self, state: TrainState, steps_done: int) -> TrainResult:
         """Wait for the last step, check it, evaluate the test set; return the result."""
         state = jax.block_until_ready(state)
         train_seconds = time.perf_counter() - self.started
@@ -226,7 +231,7 @@ class SyncPoints:
             position=Position(epoch=epoch, batch=batch, seed=self.config.seed),
             train_seconds=train_seconds,
             test=evaluate(self.compiled.eval, state, self.test_batches),
-            stopped=stopped,
+            stopped=self.stop,
         )
 
     def _position_after(self, epoch: int, batch: int) -> Position:
@@ -246,13 +251,12 @@ def epoch_batches(
     return list(data.batch_indices(order, batch_size))
 
 
-def placed_batches(
-    config: TrainConfig, split: data.Split, placement: Placement, epoch: int, first: int
-) -> Iterator[tuple[int, Batch]]:
+def placed_batches(setup: LoopSetup, epoch: int, first: int) -> Iterator[tuple[int, Batch]]:
     """Yield ``epoch``'s batches from ``first`` on, up to the run's last step, placed.
 
     Each process reads only its own rows of every global batch.
     """
+    config, split, placement = setup.config, setup.splits["train"], setup.placement
     timetable = Timetable.of(config, len(split))
     last = min(timetable.steps_per_epoch, timetable.total_steps - timetable.steps_before(epoch, 0))
     batches = epoch_batches(config.seed, config.batch_size, epoch, len(split))

@@ -12,58 +12,43 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcnn import data
 from jaxcnn.config import TrainConfig
-from jaxcnn.training.compile import CompiledSteps
-from jaxcnn.training.loop import Hooks, SyncPoints, TrainResult, epoch_batches
-from jaxcnn.training.parallel import Placement
+from jaxcnn.training.loop import LoopSetup, SyncPoints, TrainResult, epoch_batches
 from jaxcnn.training.state import TrainState
 from jaxcnn.training.timetable import Position, Timetable
 
 
 def train_and_evaluate_scanned(
-    config: TrainConfig,
-    splits: dict[str, data.Split],
-    state: TrainState,
-    position: Position,
-    compiled: CompiledSteps,
-    hooks: Hooks,
-    placement: Placement,
+    setup: LoopSetup, state: TrainState, position: Position
 ) -> TrainResult:
-    """Run ``config``'s epochs as :func:`train_and_evaluate` does, a scan per sync point.
+    """Run the config's epochs as :func:`train_and_evaluate` does, a scan per sync point.
 
-    ``compiled.scans`` holds the compiled loop for every (length, with gradient
+    ``setup.compiled.scans`` holds the compiled loop for every (length, with gradient
     statistics) that :func:`scan_shapes` lists.
     """
-    split = splits["train"]
-    on_devices = placement.replicate({"images": split.images, "labels": split.labels})
-    sync = SyncPoints(config, splits, compiled, hooks, placement, position)
+    config, split = setup.config, setup.splits["train"]
+    on_devices = setup.placement.replicate({"images": split.images, "labels": split.labels})
+    sync = SyncPoints(setup, position)
     timetable = sync.timetable
     steps_done = timetable.steps_before(position.epoch, position.batch)
     for epoch in range(position.epoch, timetable.epochs_with_steps):
-        sync.start_epoch(epoch)
-        first = position.batch if epoch == position.epoch else 0
+        first = sync.start_epoch(epoch)
         for batches in timetable.batches_between_sync_points(epoch, first):
-            last = batches[-1]
-            log_grads = config.log_grads and timetable.is_log_point(last)
-            scan = compiled.scans[(len(batches), log_grads)]
-            rows = placed_rows(config, split, placement, epoch, batches)
+            log_grads = config.log_grads and timetable.is_log_point(batches[-1])
+            scan = setup.compiled.scans[(len(batches), log_grads)]
+            rows = placed_rows(setup, epoch, batches)
             state, metrics = scan(state, on_devices["images"], on_devices["labels"], *rows)
-            sync.unread.append(metrics)
             steps_done += len(batches)
-            hooks.on_progress(steps_done)
-            stop = sync.stop_requested(last)
-            if stop or timetable.is_sync_point(last, steps_done):
-                sync.at_sync_point(state, epoch, last, steps_done, stop)
-            if stop:
-                return sync.result(state, steps_done, stopped=True)
-    return sync.result(state, steps_done, stopped=False)
+            if sync.is_due(metrics, batches[-1], steps_done):
+                sync.at_sync_point(state, epoch, batches[-1], steps_done)
+            if sync.stop:
+                return sync.result(state, steps_done)
+    return sync.result(state, steps_done)
 
 
-def placed_rows(
-    config: TrainConfig, split: data.Split, placement: Placement, epoch: int, batches: range
-) -> tuple[np.ndarray, np.ndarray]:
+def placed_rows(setup: LoopSetup, epoch: int, batches: range) -> tuple[np.ndarray, np.ndarray]:
     """Return the row indices and masks of ``epoch``'s ``batches``, (steps × batch), placed."""
+    config, split, placement = setup.config, setup.splits["train"], setup.placement
     every_batch = epoch_batches(config.seed, config.batch_size, epoch, len(split))
     rows = placement.local_rows(config.batch_size)
     local = {
