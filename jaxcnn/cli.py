@@ -50,10 +50,11 @@ def add_config_flags(parser: argparse.ArgumentParser, config_type: type) -> None
         if meta["from_recipe"]:
             shown = f"the recipe's, {shown}"
         name = "--" + field.name.replace("_", "-")
-        help_text = f"{meta['help']} (default: {shown})".replace("%", "%%")
         if field.type == "bool":
-            parser.add_argument(name, action="store_true", help=help_text)
+            help_text = f"{meta['help']} (default: {'on' if field.default else 'off'})"
+            parser.add_argument(name, action="store_true", help=help_text.replace("%", "%%"))
             continue
+        help_text = f"{meta['help']} (default: {shown})".replace("%", "%%")
         parser.add_argument(
             name,
             type=meta["parse"] or PARSERS.get(field.type, str),
@@ -71,15 +72,16 @@ def flag_table(parser: argparse.ArgumentParser) -> str:
     """
     rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
     for action in parser._actions:  # argparse keeps no public list of its flags
-        if not action.option_strings or action.help == argparse.SUPPRESS:
+        if isinstance(action, argparse._HelpAction) or not action.option_strings:
             continue
         flag = action.option_strings[-1]
         if action.nargs != 0:
-            flag += f" {action.metavar or '{' + ','.join(action.choices or ()) + '}'}"
-        meaning, _, default = (action.help or "").replace("%%", "%").rpartition(" (default: ")
-        if not meaning:
-            meaning, default = default, "-)"
-        meaning = meaning.replace("|", "\\|")
+            choices = "{" + ",".join(action.choices) + "}" if action.choices else None
+            flag += f" {action.metavar or choices or action.dest.upper()}"
+        help_text = (action.help or "") % {**vars(action), "prog": parser.prog}
+        meaning, _, default = help_text.rpartition(" (default: ")
+        if not meaning:  # a switch without a default in its help
+            meaning, default = default, "off)"
         rows.append(f"| `{flag}` | {default[:-1]} | {meaning} |")
     return "\n".join(rows)
 
@@ -95,9 +97,9 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manual-dir",
         metavar="DIR",
-        help=f"folder holding the four original .gz files, for preparing the dataset "
-        f"offline (default: ${MANUAL_DIR_ENV}); needed only the first time, when the "
-        f"dataset is not prepared yet and cannot be downloaded",
+        help="folder holding the four original .gz files, for preparing the dataset "
+        "offline; needed only the first time, when the dataset is not prepared yet and "
+        f"cannot be downloaded (default: ${MANUAL_DIR_ENV})",
     )
 
 

@@ -89,8 +89,8 @@ class TrainConfig:
     ``python -m jaxcnn.train --help``.
     """
 
-    model: str = flag("cnn", f"network: {', '.join(MODELS)}")
-    dataset: str = flag("mnist", f"tfds dataset: {', '.join(DATASETS)}")
+    model: str = flag("cnn", f"network: {', '.join(MODELS)}", metavar="NAME")
+    dataset: str = flag("mnist", f"tfds dataset: {', '.join(DATASETS)}", metavar="NAME")
     epochs: int = flag(
         3,
         "passes over the training set (0 evaluates the initial weights)",
