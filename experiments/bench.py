@@ -79,7 +79,7 @@ class JaxWorker:
                 self.data.make_batch(self.splits["train"], indices, mask), BATCH
             )
             self.state, metrics = self.compiled.step(self.state, batch)
-            if self.placement.wait_every_step:  # as the loop does (see jaxcnn.parallel)
+            if self.placement.wait_every_step:  # as the loop does (see jaxcnn.training.parallel)
                 self.jax.block_until_ready(metrics)
         self.jax.block_until_ready((self.state, metrics))
         return (time.perf_counter() - start) / count

@@ -104,17 +104,17 @@ def run(model: str, dataset: str, splits: dict[str, data.Split]) -> dict:
     per_epoch = data.steps_per_epoch(len(splits["train"]), config.batch_size)
     steps_to_take = Timetable.of(config, len(splits["train"])).total_steps
     load_before = os.getloadavg()[0]
-    taken, seconds = 0, 0.0
+    steps_done, seconds = 0, 0.0
     for epoch in range(config.epochs):
         order = data.epoch_permutation(config.seed, epoch, len(splits["train"]))
-        batches = list(data.batch_indices(order, config.batch_size))[: steps_to_take - taken]
+        batches = list(data.batch_indices(order, config.batch_size))[: steps_to_take - steps_done]
         start = time.perf_counter()
         for indices, mask in batches:
             state, _ = compiled.step(state, data.make_batch(splits["train"], indices, mask))
         state = jax.block_until_ready(state)
         seconds += time.perf_counter() - start
-        taken += len(batches)
-        if taken >= steps_to_take:
+        steps_done += len(batches)
+        if steps_done >= steps_to_take:
             break
     test_batches = data.fixed_batches(test, config.eval_batch_size)
     result = evaluate(compiled.eval, state, test_batches)
@@ -126,15 +126,15 @@ def run(model: str, dataset: str, splits: dict[str, data.Split]) -> dict:
         "model": model,
         "dataset": dataset,
         "parameters": params,
-        "steps": taken,
-        "epochs": taken / per_epoch,
+        "steps": steps_done,
+        "epochs": steps_done / per_epoch,
         "learning_rate": plan.learning_rate,
         "batch_size": config.batch_size,
         "test_examples": result.count,
         "test_accuracy": result.accuracy,
         "test_accuracy_recalibrated": recalibrated,
         "train_seconds": seconds,
-        "seconds_per_epoch": seconds / taken * per_epoch,
+        "seconds_per_epoch": seconds / steps_done * per_epoch,
         "compile_seconds": compiled.seconds,
         "load_average": [load_before, os.getloadavg()[0]],
         "nonfinite_step": int(state.nonfinite_step),

@@ -2,7 +2,7 @@
 
 Restores a checkpoint of a run (the newest, or ``--step N``) and evaluates it on the
 whole test set of the run's dataset, each image counted once. With ``--gallery PNG`` it
-also draws the misclassified test images, most confident first (see jaxcnn.gallery).
+also draws the misclassified test images, most confident first (see jaxcnn.inspection.gallery).
 """
 
 from __future__ import annotations

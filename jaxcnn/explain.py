@@ -43,9 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ).validate()
     if config.batch_size > 60_000:
         raise UsageError(f"--batch-size {config.batch_size}: MNIST has 60000 training images")
-    train = load_data(args, config.dataset, ("train",))["train"]
-    indices = data.epoch_permutation(config.seed, 0, len(train))[: config.batch_size]
-    batch = data.make_batch(train, indices, np.ones(config.batch_size, np.float32))
+    train_split = load_data(args, config.dataset, ("train",))["train"]
+    indices = data.epoch_permutation(config.seed, 0, len(train_split))[: config.batch_size]
+    batch = data.make_batch(train_split, indices, np.ones(config.batch_size, np.float32))
     checks, _ = walk_step(new_state(config), batch, config.learning_rate)
     print(
         f"one training step by hand on the first {config.batch_size} images of epoch 0 "

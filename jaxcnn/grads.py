@@ -25,7 +25,7 @@ def build_parser() -> cli.ArgumentParser:
     parser = cli.checkpoint_command_parser(
         PROG,
         "Restore a checkpoint, compute the gradient of the loss on a batch of "
-        "the training set (the batch the run would train on next), and print it leaf by "
+        "the training set (the batch the run would train_split on next), and print it leaf by "
         "leaf: shape, L2 norm, RMS, largest magnitude and share of exact zeros.",
     )
     parser.add_argument(
@@ -52,11 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"--save {str(args.save)!r} exists; choose a new file")
     config, state, position, step = workdir.restore_run(args.workdir, args.step)
     batch_size = args.batch_size or config.batch_size
-    train = cli.load_data(args, config.dataset, ("train",))["train"]
-    order = data.epoch_permutation(config.seed, position.epoch, len(train))
-    start = (position.batch * config.batch_size) % len(train)
+    train_split = cli.load_data(args, config.dataset, ("train",))["train"]
+    order = data.epoch_permutation(config.seed, position.epoch, len(train_split))
+    start = (position.batch * config.batch_size) % len(train_split)
     indices = np.resize(np.roll(order, -start), batch_size)
-    batch = data.make_batch(train, indices, np.ones(batch_size, np.float32))
+    batch = data.make_batch(train_split, indices, np.ones(batch_size, np.float32))
     loss, grads = loss_and_gradients(state, batch)
     loss = float(loss)
     print(

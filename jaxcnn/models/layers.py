@@ -130,7 +130,8 @@ def batch_norm(name: str, train: bool) -> nn.BatchNorm:
 
 
 #: Inputs with a side shorter than this are "small" (MNIST's 28, CIFAR's 32): VGG and
-#: ResNet then use their small-image stems (see :mod:`jaxcnn.vgg`, :mod:`jaxcnn.resnet`).
+#: ResNet then use their small-image stems (see :mod:`jaxcnn.models.vgg` and
+#: :mod:`jaxcnn.models.resnet`).
 SMALL_IMAGE_SIDE = 64
 
 
