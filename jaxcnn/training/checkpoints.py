@@ -7,9 +7,9 @@ A checkpoint is a step folder under ``<workdir>/checkpoints`` with two items:
   abstract state (shapes and dtypes only), so a checkpoint of another model or other
   shapes is refused rather than half-loaded;
 - ``position``: JSON saying where the run stands in its data order (see
-  :class:`Position`), so that training continues with exactly the next batch, and a
-  SHA-256 of the state's arrays, checked on restore, so that a corrupted file is
-  refused rather than silently loaded.
+  :class:`jaxcnn.training.timetable.Position`), so that training continues with exactly
+  the next batch, and a SHA-256 of the state's arrays, checked on restore, so that a
+  corrupted file is refused rather than silently loaded.
 
 Saves are synchronous; Orbax writes each one to a temporary folder and renames it when
 complete, so a process killed mid-save leaves the earlier checkpoints as they were.

@@ -126,7 +126,7 @@ def train_and_evaluate(setup: LoopSetup, state: TrainState, position: Position) 
             if placement.wait_every_step:  # several CPU devices: see Placement
                 jax.block_until_ready(metrics)
             steps_done += 1
-            if sync.is_due(metrics, batch_index, steps_done):
+            if sync.record_step(metrics, batch_index, steps_done):
                 sync.at_sync_point(state, epoch, batch_index, steps_done)
             if sync.stop:
                 return sync.result(state, steps_done)
@@ -167,10 +167,10 @@ class SyncPoints:
         self.unread.clear()
         return 0
 
-    def is_due(self, metrics: Metrics, batch: int, steps_done: int) -> bool:
-        """Note the metrics of the step(s) up to ``batch``; return whether to sync now.
+    def record_step(self, metrics: Metrics, batch: int, steps_done: int) -> bool:
+        """Record the step(s) up to ``batch``: metrics, progress, a stop request.
 
-        It is time at a log or checkpoint point, and when a stop was requested. One
+        Return whether to sync now: at a log or checkpoint point, or to stop. One
         process polls its stop request after every step (host only). Several processes
         must stop after the same step, so they agree at log points only (a collective).
         """

@@ -39,7 +39,7 @@ def train_and_evaluate_scanned(
             rows = placed_rows(setup, epoch, batches)
             state, metrics = scan(state, on_devices["images"], on_devices["labels"], *rows)
             steps_done += len(batches)
-            if sync.is_due(metrics, batches[-1], steps_done):
+            if sync.record_step(metrics, batches[-1], steps_done):
                 sync.at_sync_point(state, epoch, batches[-1], steps_done)
             if sync.stop:
                 return sync.result(state, steps_done)
