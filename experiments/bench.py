@@ -48,25 +48,27 @@ class JaxWorker:
         import jax
         import numpy as np
 
-        from jaxcnn import data, loop
+        from jaxcnn import data
         from jaxcnn.config import TrainConfig
-        from jaxcnn.parallel import create_placement
-        from jaxcnn.workdir import new_state
+        from jaxcnn.training.compile import compile_steps, example_batches, resolve_chunks
+        from jaxcnn.training.evaluation import evaluate, placed_eval_batches
+        from jaxcnn.training.parallel import create_placement
+        from jaxcnn.training.state import new_state
 
         self.jax, self.np, self.data = jax, np, data
         self.config = TrainConfig()
         self.splits = data.load_dataset("mnist", data_dir, manual_dir)
         self.placement = create_placement(None)
-        self.state = self.placement.put_state(new_state(self.config))
-        train_batch, eval_batch = loop.example_batches(self.config, self.splits, self.placement)
-        chunks = loop.resolve_chunks(None, self.state, self.placement, BATCH)  # as training
-        self.compiled = loop.compile_steps(
+        self.state = self.placement.replicate(new_state(self.config))
+        train_batch, eval_batch = example_batches(self.config, self.splits, self.placement)
+        chunks = resolve_chunks(None, self.state, self.placement, BATCH)  # as training
+        self.compiled = compile_steps(
             self.state, train_batch, eval_batch, self.placement, chunks=chunks
         )
-        self.test_batches = loop.placed_eval_batches(self.splits["test"], 1000, self.placement)
+        self.test_batches = placed_eval_batches(self.splits["test"], 1000, self.placement)
         order = data.epoch_permutation(0, 0, len(self.splits["train"]))
         self.batches = list(data.batch_indices(order, BATCH))[:-1]  # full batches only
-        self.evaluate = loop.evaluate
+        self.evaluate = evaluate
 
     def step(self, count: int) -> float:
         """Return seconds per step over ``count`` steps, dispatched as the loop does."""
@@ -76,8 +78,8 @@ class JaxWorker:
             batch = self.placement.put_batch(
                 self.data.make_batch(self.splits["train"], indices, mask), BATCH
             )
-            self.state, metrics = self.compiled.train(self.state, batch)
-            if self.placement.wait_every_step:  # as the loop does (see jaxcnn.parallel)
+            self.state, metrics = self.compiled.step(self.state, batch)
+            if self.placement.wait_every_step:  # as the loop does (see jaxcnn.training.parallel)
                 self.jax.block_until_ready(metrics)
         self.jax.block_until_ready((self.state, metrics))
         return (time.perf_counter() - start) / count
@@ -97,7 +99,7 @@ class TorchWorker:
         import torch
         from torch_seed import load_split
 
-        from jaxcnn.torch_interop import seed_cnn
+        from jaxcnn.models.torch_interop import seed_cnn
 
         torch.manual_seed(0)
         self.torch = torch

@@ -16,11 +16,11 @@ import time
 import jax
 import numpy as np
 
-from jaxcnn import loop
 from jaxcnn.config import TrainConfig
 from jaxcnn.data import Split
-from jaxcnn.parallel import create_placement
-from jaxcnn.workdir import new_state
+from jaxcnn.training.compile import compile_steps, example_batches, resolve_chunks
+from jaxcnn.training.parallel import create_placement
+from jaxcnn.training.state import new_state
 
 
 def main() -> None:
@@ -31,16 +31,14 @@ def main() -> None:
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (1000, 28, 28, 1), np.uint8), rng.integers(0, 10, 1000))
     placement = create_placement(1)
-    state = placement.put_state(new_state(config))
-    batch, eval_batch = loop.example_batches(config, {"train": split, "test": split}, placement)
-    chunks = loop.resolve_chunks(None, state, placement, config.batch_size)  # as training
-    compiled = loop.compile_steps(
-        state, batch, eval_batch, placement, log_grads=True, chunks=chunks
-    )
+    state = placement.replicate(new_state(config))
+    batch, eval_batch = example_batches(config, {"train": split, "test": split}, placement)
+    chunks = resolve_chunks(None, state, placement, config.batch_size)  # as training
+    compiled = compile_steps(state, batch, eval_batch, placement, log_grads=True, chunks=chunks)
     times = {"plain step": [], "step with gradient statistics": []}
     functions = {
-        "plain step": compiled.train,
-        "step with gradient statistics": compiled.train_with_stats,
+        "plain step": compiled.step,
+        "step with gradient statistics": compiled.step_with_grad_stats,
     }
     for _ in range(args.repeats):
         for name, function in functions.items():

@@ -31,10 +31,14 @@ from pathlib import Path
 
 import jax
 
-from jaxcnn import data, loop, models, steps
+from jaxcnn import data, models
 from jaxcnn.config import TrainConfig
-from jaxcnn.parallel import create_placement
-from jaxcnn.workdir import new_state
+from jaxcnn.training import step as steps
+from jaxcnn.training.compile import compile_steps, example_batches, resolve_chunks
+from jaxcnn.training.evaluation import evaluate
+from jaxcnn.training.parallel import create_placement
+from jaxcnn.training.state import TrainState, new_state
+from jaxcnn.training.timetable import Timetable
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "model_zoo.jsonl"
@@ -62,11 +66,11 @@ PLANS = {
 
 
 def recalibrate_batch_stats(
-    state: steps.TrainState, split: data.Split, config: TrainConfig
-) -> steps.TrainState:
+    state: TrainState, split: data.Split, config: TrainConfig
+) -> TrainState:
     """Return ``state`` with BatchNorm's running statistics re-estimated for its weights."""
 
-    def update(state: steps.TrainState, images: jax.Array) -> dict:
+    def update(state: TrainState, images: jax.Array) -> dict:
         variables = {"params": state.params, **state.model_state}
         _, model_state = state.apply_fn(
             variables, steps.to_float_images(images), train=True, mutable=["batch_stats"]
@@ -91,46 +95,46 @@ def run(model: str, dataset: str, splits: dict[str, data.Split]) -> dict:
     )
     splits = {"train": splits["train"], "test": test}
     placement = create_placement(1)
-    state = placement.put_state(new_state(config))
+    state = placement.replicate(new_state(config))
     params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(state.params))
-    chunks = loop.resolve_chunks(config.chunks, state, placement, config.batch_size)
-    compiled = loop.compile_steps(
-        state, *loop.example_batches(config, splits, placement), placement, chunks=chunks
+    chunks = resolve_chunks(config.chunks, state, placement, config.batch_size)
+    compiled = compile_steps(
+        state, *example_batches(config, splits, placement), placement, chunks=chunks
     )
     per_epoch = data.steps_per_epoch(len(splits["train"]), config.batch_size)
-    steps_to_take = loop.total_steps(config, len(splits["train"]))
+    steps_to_take = Timetable.of(config, len(splits["train"])).total_steps
     load_before = os.getloadavg()[0]
-    taken, seconds = 0, 0.0
+    steps_done, seconds = 0, 0.0
     for epoch in range(config.epochs):
         order = data.epoch_permutation(config.seed, epoch, len(splits["train"]))
-        batches = list(data.batch_indices(order, config.batch_size))[: steps_to_take - taken]
+        batches = list(data.batch_indices(order, config.batch_size))[: steps_to_take - steps_done]
         start = time.perf_counter()
         for indices, mask in batches:
-            state, _ = compiled.train(state, data.make_batch(splits["train"], indices, mask))
+            state, _ = compiled.step(state, data.make_batch(splits["train"], indices, mask))
         state = jax.block_until_ready(state)
         seconds += time.perf_counter() - start
-        taken += len(batches)
-        if taken >= steps_to_take:
+        steps_done += len(batches)
+        if steps_done >= steps_to_take:
             break
     test_batches = data.fixed_batches(test, config.eval_batch_size)
-    result = loop.evaluate(compiled.eval, state, test_batches)
+    result = evaluate(compiled.eval, state, test_batches)
     recalibrated = None
     if "batch_stats" in state.model_state:
         state = recalibrate_batch_stats(state, splits["train"], config)
-        recalibrated = loop.evaluate(compiled.eval, state, test_batches).accuracy
+        recalibrated = evaluate(compiled.eval, state, test_batches).accuracy
     return {
         "model": model,
         "dataset": dataset,
         "parameters": params,
-        "steps": taken,
-        "epochs": taken / per_epoch,
+        "steps": steps_done,
+        "epochs": steps_done / per_epoch,
         "learning_rate": plan.learning_rate,
         "batch_size": config.batch_size,
         "test_examples": result.count,
         "test_accuracy": result.accuracy,
         "test_accuracy_recalibrated": recalibrated,
         "train_seconds": seconds,
-        "seconds_per_epoch": seconds / taken * per_epoch,
+        "seconds_per_epoch": seconds / steps_done * per_epoch,
         "compile_seconds": compiled.seconds,
         "load_average": [load_before, os.getloadavg()[0]],
         "nonfinite_step": int(state.nonfinite_step),

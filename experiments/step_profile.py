@@ -21,7 +21,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.layers import max_pool_2x2
+from jaxcnn.models.cpu_forms import max_pool_2x2
 
 BATCH = 64
 

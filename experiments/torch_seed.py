@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from jaxcnn.torch_interop import seed_cnn
+from jaxcnn.models.torch_interop import seed_cnn
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from jaxcnn.checkpoint import CheckpointError
-from jaxcnn.config import UsageError
 from jaxcnn.data import (
     DATA_DIR_ENV,
     MANUAL_DIR_ENV,
-    DataError,
     Split,
     load_dataset,
     resolve_data_dir,
     resolve_manual_dir,
 )
+from jaxcnn.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CheckpointError,
+    DataError,
+    UsageError,
+)
 
-#: Exit code for a usage or input error.
-EXIT_USAGE = 2
-#: Exit code for Ctrl-C outside the training loop (128 + SIGINT).
-EXIT_INTERRUPTED = 130
+#: How a config field's type is parsed from its flag's text, when its flag says nothing else.
+PARSERS: dict[str, Callable[[str], Any]] = {"int": int, "int | None": int, "float": float}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -34,15 +37,53 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """Parse a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
+def add_config_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
+    """Add a flag for every field of the dataclass ``config_type``, from its metadata.
+
+    ``--batch-size`` for ``batch_size``; its help is the field's ``help`` followed by the
+    default (see :func:`jaxcnn.config.flag`). A bool field is a switch. A field whose
+    default comes from a recipe defaults to None here, so the recipe can fill it in.
+    """
+    for field in dataclasses.fields(config_type):
+        meta = field.metadata
+        shown = meta["shown_default"] or field.default
+        if meta["from_recipe"]:
+            shown = f"the recipe's, {shown}"
+        name = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            help_text = f"{meta['help']} (default: {'on' if field.default else 'off'})"
+            parser.add_argument(name, action="store_true", help=help_text.replace("%", "%%"))
+            continue
+        help_text = f"{meta['help']} (default: {shown})".replace("%", "%%")
+        parser.add_argument(
+            name,
+            type=meta["parse"] or PARSERS.get(field.type, str),
+            choices=meta["choices"],
+            metavar=meta["metavar"],
+            default=None if meta["from_recipe"] else field.default,
+            help=help_text,
+        )
+
+
+def flag_table(parser: argparse.ArgumentParser) -> str:
+    """Return ``parser``'s flags as the README's Markdown table: flag, default, meaning.
+
+    The default is the text of the help's last ``(default: ...)``.
+    """
+    rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
+    for action in parser._actions:  # argparse keeps no public list of its flags
+        if isinstance(action, argparse._HelpAction) or not action.option_strings:
+            continue
+        flag = action.option_strings[-1]
+        if action.nargs != 0:
+            choices = "{" + ",".join(action.choices) + "}" if action.choices else None
+            flag += f" {action.metavar or choices or action.dest.upper()}"
+        help_text = (action.help or "") % {**vars(action), "prog": parser.prog}
+        meaning, _, default = help_text.rpartition(" (default: ")
+        if not meaning:  # a switch without a default in its help
+            meaning, default = default, "off)"
+        rows.append(f"| `{flag}` | {default[:-1]} | {meaning} |")
+    return "\n".join(rows)
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -56,9 +97,9 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manual-dir",
         metavar="DIR",
-        help=f"folder holding the four original .gz files, for preparing the dataset "
-        f"offline (default: ${MANUAL_DIR_ENV}); needed only the first time, when the "
-        f"dataset is not prepared yet and cannot be downloaded",
+        help="folder holding the four original .gz files, for preparing the dataset "
+        "offline; needed only the first time, when the dataset is not prepared yet and "
+        f"cannot be downloaded (default: ${MANUAL_DIR_ENV})",
     )
 
 
@@ -74,17 +115,22 @@ def load_data(
     )
 
 
-def add_restore_flags(parser: argparse.ArgumentParser) -> None:
+def add_restore_flags(
+    parser: argparse.ArgumentParser,
+    workdir_help: str = "work dir of a jaxcnn.train run",
+    step_help: str = "the checkpoint to restore (default: the newest)",
+) -> None:
     """Add ``--workdir`` (required) and ``--step``, for commands that restore a checkpoint."""
-    parser.add_argument(
-        "--workdir", required=True, metavar="DIR", help="work dir of a jaxcnn.train run"
-    )
-    parser.add_argument(
-        "--step",
-        type=int,
-        metavar="N",
-        help="the checkpoint to restore (default: the newest)",
-    )
+    parser.add_argument("--workdir", required=True, metavar="DIR", help=workdir_help)
+    parser.add_argument("--step", type=int, metavar="N", help=step_help)
+
+
+def checkpoint_command_parser(prog: str, description: str) -> ArgumentParser:
+    """Return the parser of a command that reads a run's checkpoint: restore and data flags."""
+    parser = ArgumentParser(prog=prog, description=description)
+    add_restore_flags(parser)
+    add_data_flags(parser)
+    return parser
 
 
 def exit_process(code: int) -> NoReturn:

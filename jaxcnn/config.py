@@ -1,58 +1,162 @@
-"""The training configuration: one frozen dataclass, checked before anything runs."""
+"""The training configuration: one frozen dataclass, each flag declared once.
+
+Every field of :class:`TrainConfig` is a flag of ``python -m jaxcnn.train``: its default,
+its help text and how it is parsed are written here only, in the field's ``metadata``
+(see :func:`flag`); :func:`jaxcnn.cli.add_config_flags` builds the flags from them, and
+the README's flag table is made from those flags (:func:`jaxcnn.cli.flag_table`).
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 from jaxcnn.data import DATASETS
+from jaxcnn.errors import UsageError
 from jaxcnn.models import MODELS, uses_batch_statistics
 
+#: Learning-rate schedules (see :mod:`jaxcnn.training.optim`).
+SCHEDULES = ("constant", "one-cycle")
 
-class UsageError(Exception):
-    """A flag or input is wrong; the message names it and says what is expected."""
+#: The ways to run the steps between two sync points: ``python`` dispatches one compiled
+#: step at a time; ``scan`` runs them as one compiled loop over device-resident data;
+#: ``auto`` picks ``python`` on CPUs (where XLA runs convolutions inside a compiled
+#: loop many times slower) and ``scan`` on GPUs and TPUs.
+LOOPS = ("auto", "python", "scan")
+
+
+def positive_int(text: str) -> int:
+    """Parse a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def parse_chunks(text: str) -> int | None:
+    """Return ``--chunks``'s value: None for ``auto``, else the positive integer given."""
+    if text == "auto":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a positive integer") from None
+
+
+def flag(
+    default: Any,
+    help: str,
+    *,
+    parse: Callable[[str], Any] | None = None,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    shown_default: str | None = None,
+    from_recipe: bool = False,
+) -> Any:
+    """Declare a config field and its flag: the default, the help, and how to parse it.
+
+    Args:
+        default: the field's default.
+        help: what the flag does, without its default (added from ``default``).
+        parse: turns the flag's text into the value (default: from the field's type).
+        choices: the values allowed, listed by ``--help``.
+        metavar: the value's name in ``--help``.
+        shown_default: how ``--help`` shows the default (default: the default itself).
+        from_recipe: the default comes from ``--recipe`` (see :data:`RECIPES`).
+    """
+    metadata = {
+        "help": help,
+        "parse": parse,
+        "choices": choices,
+        "metavar": metavar,
+        "shown_default": shown_default,
+        "from_recipe": from_recipe,
+    }
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of a training run; the defaults are the seed tutorial's.
 
-    Attributes:
-        model: a key of :data:`jaxcnn.models.MODELS`.
-        dataset: a key of :data:`jaxcnn.data.DATASETS`.
-        epochs: passes over the training set.
-        batch_size: training examples per step.
-        learning_rate: Adam's step size.
-        seed: seeds the parameter initialisation and every epoch's shuffle.
-        log_every: batches between log lines, each with a pass over the test set.
-        max_steps: stop after this many steps in all (None: run every epoch).
-        eval_batch_size: test examples per evaluation batch.
-        checkpoint_every: steps between checkpoints (None: at each epoch's end).
-        keep: newest checkpoints to keep.
-        log_grads: measure gradient statistics at log points.
-        schedule: the learning rate over the run, one of :data:`SCHEDULES`.
-        loop: how the steps between sync points run, one of :data:`LOOPS`.
-        chunks: independent parts each batch is computed in (None: chosen per backend,
-            see :func:`jaxcnn.loop.resolve_chunks`).
-
+    Each field's meaning is the ``help`` of its :func:`flag`, shown by
+    ``python -m jaxcnn.train --help``.
     """
 
-    model: str = "cnn"
-    dataset: str = "mnist"
-    epochs: int = 3
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    seed: int = 0
-    log_every: int = 100
-    max_steps: int | None = None
-    eval_batch_size: int = 1000
-    checkpoint_every: int | None = None
-    keep: int = 3
-    log_grads: bool = False
-    schedule: str = "constant"
-    loop: str = "auto"
-    chunks: int | None = None
+    model: str = flag("cnn", f"network: {', '.join(MODELS)}", metavar="NAME")
+    dataset: str = flag("mnist", f"tfds dataset: {', '.join(DATASETS)}", metavar="NAME")
+    epochs: int = flag(
+        3,
+        "passes over the training set (0 evaluates the initial weights)",
+        from_recipe=True,
+        metavar="N",
+    )
+    batch_size: int = flag(
+        64, "training examples per step, across all devices", from_recipe=True, metavar="B"
+    )
+    learning_rate: float = flag(
+        1e-3,
+        "Adam's learning rate; with a one-cycle schedule its peak",
+        from_recipe=True,
+        metavar="LR",
+    )
+    seed: int = flag(
+        0,
+        "seeds the initial weights and every epoch's shuffle; the same seed gives the same run",
+        metavar="S",
+    )
+    log_every: int = flag(
+        100, "batches between log lines; each one also evaluates the whole test set", metavar="K"
+    )
+    max_steps: int | None = flag(
+        None, "stop after this many training steps in all", shown_default="no limit", metavar="N"
+    )
+    eval_batch_size: int = flag(1000, "test examples per evaluation batch", metavar="B")
+    checkpoint_every: int | None = flag(
+        None,
+        "steps between checkpoints; one is also written when training ends or is interrupted",
+        shown_default="one at the end of every epoch",
+        metavar="STEPS",
+    )
+    keep: int = flag(
+        3, "newest checkpoints to keep; the best by test accuracy is kept besides", metavar="N"
+    )
+    log_grads: bool = flag(
+        False,
+        "add each layer's gradient norm and update-to-parameter "
+        "ratio to every log line, metrics.jsonl and TensorBoard (computed "
+        "at log points only)",
+    )
+    schedule: str = flag(
+        "constant",
+        "the learning rate over the run: constant, or one-cycle "
+        "(warm up over the first quarter, then cosine down to nearly 0)",
+        choices=SCHEDULES,
+        from_recipe=True,
+    )
+    loop: str = flag(
+        "auto",
+        "how the steps between two log points run: 'python' dispatches "
+        "one compiled step at a time, 'scan' runs them as one compiled lax.scan "
+        "over the training set kept on the devices; 'auto' takes python on CPUs "
+        "and scan on GPUs/TPUs",
+        choices=LOOPS,
+    )
+    chunks: int | None = flag(
+        None,
+        "compute each batch in N independent parts, their gradients summed: the same step "
+        "up to float rounding, which XLA:CPU runs on several cores at once; 'auto' takes 4 "
+        "on one CPU device for a model without BatchNorm, else 1",
+        parse=parse_chunks,
+        metavar="{auto,N}",
+        shown_default="auto",
+    )
 
     def validate(self) -> TrainConfig:
         """Return ``self`` if every field is usable.
@@ -127,17 +231,13 @@ class TrainConfig:
 #: other than constant, whose length follows the run's, its epochs and max steps).
 HYPERPARAMETERS = ("model", "dataset", "batch_size", "learning_rate", "seed", "schedule")
 
-#: Learning-rate schedules (see :mod:`jaxcnn.optim`).
-SCHEDULES = ("constant", "one-cycle")
-
-#: The ways to run the steps between two sync points: ``python`` dispatches one compiled
-#: step at a time; ``scan`` runs them as one compiled loop over device-resident data;
-#: ``auto`` picks ``python`` on CPUs (where XLA runs convolutions inside a compiled
-#: loop many times slower) and ``scan`` on GPUs and TPUs.
-LOOPS = ("auto", "python", "scan")
-
-#: Named sets of hyperparameters for ``--recipe``; flags given explicitly win.
+#: Named sets of defaults for ``--recipe``; flags given explicitly win. ``seed`` is the
+#: tutorial's: :class:`TrainConfig`'s own defaults.
 RECIPES: dict[str, dict[str, Any]] = {
-    "seed": {"epochs": 3, "batch_size": 64, "learning_rate": 1e-3, "schedule": "constant"},
+    "seed": {
+        field.name: field.default
+        for field in dataclasses.fields(TrainConfig)
+        if field.metadata["from_recipe"]
+    },
     "fast": {"epochs": 3, "batch_size": 128, "learning_rate": 4e-3, "schedule": "one-cycle"},
 }

@@ -15,10 +15,14 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from jaxcnn import torch_interop, workdir
-from jaxcnn.checkpoint import CHECKPOINT_DIR, Checkpoints, Position
-from jaxcnn.cli import ArgumentParser, exit_process, run_command
-from jaxcnn.config import TrainConfig, UsageError
+from jaxcnn.cli import ArgumentParser, add_restore_flags, exit_process, run_command
+from jaxcnn.config import TrainConfig
+from jaxcnn.errors import UsageError
+from jaxcnn.models import torch_interop
+from jaxcnn.training import workdir
+from jaxcnn.training.checkpoints import CHECKPOINT_DIR, Checkpoints
+from jaxcnn.training.state import new_state
+from jaxcnn.training.timetable import Position
 
 PROG = "python -m jaxcnn.convert"
 
@@ -40,17 +44,11 @@ def build_parser() -> ArgumentParser:
     direction.add_argument(
         "--to-torch", type=Path, metavar="FILE", help="new file to write the state_dict to"
     )
-    parser.add_argument(
-        "--workdir",
-        required=True,
-        metavar="DIR",
-        help="with --from-torch: a new work dir to create; with --to-torch: a run's work dir",
-    )
-    parser.add_argument(
-        "--step",
-        type=int,
-        metavar="N",
-        help="with --to-torch: the checkpoint (default: the newest)",
+    add_restore_flags(
+        parser,
+        workdir_help="with --from-torch: a new work dir to create; with --to-torch: a run's "
+        "work dir",
+        step_help="with --to-torch: the checkpoint (default: the newest)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="with --from-torch: the run's seed for its data order"
@@ -64,7 +62,7 @@ def from_torch(source: Path, path: Path, seed: int) -> int:
         raise UsageError(f"--workdir {str(path)!r} is not empty; give a new folder")
     state_dict = torch_interop.load_state_dict(source)
     config = TrainConfig(seed=seed)
-    fresh = workdir.new_state(config)
+    fresh = new_state(config)
     params = {
         block: {name: {key: jnp.asarray(value, jnp.float32) for key, value in leaves.items()}
                 for name, leaves in layer.items()} if block != "out"

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxcnn.errors import DataError
 from jaxcnn.quiet import absl_errors_only
 
 #: Environment variable naming a folder of the original ``.gz`` files (tfds's manual_dir).
@@ -43,10 +44,6 @@ _IDX_FILES = (
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 )
-
-
-class DataError(Exception):
-    """The data cannot be found, read or prepared; the message says what to do."""
 
 
 @dataclasses.dataclass(frozen=True)

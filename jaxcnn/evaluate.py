@@ -2,7 +2,7 @@
 
 Restores a checkpoint of a run (the newest, or ``--step N``) and evaluates it on the
 whole test set of the run's dataset, each image counted once. With ``--gallery PNG`` it
-also draws the misclassified test images, most confident first (see jaxcnn.gallery).
+also draws the misclassified test images, most confident first (see jaxcnn.inspection.gallery).
 """
 
 from __future__ import annotations
@@ -15,29 +15,26 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import data, gallery, loop, steps, workdir
-from jaxcnn.cli import (
-    ArgumentParser,
-    add_data_flags,
-    add_restore_flags,
-    exit_process,
-    load_data,
-    run_command,
-)
-from jaxcnn.config import TrainConfig, UsageError
+from jaxcnn import cli, data
+from jaxcnn.config import TrainConfig
+from jaxcnn.errors import UsageError
+from jaxcnn.inspection import gallery
+from jaxcnn.training import workdir
+from jaxcnn.training.evaluation import EvalResult, evaluate
+from jaxcnn.training.state import TrainState
+from jaxcnn.training.step import Batch, eval_step, predict_logits
 
 PROG = "python -m jaxcnn.evaluate"
 
 
-def build_parser() -> ArgumentParser:
+def build_parser() -> cli.ArgumentParser:
     """Return the command-line parser."""
-    parser = ArgumentParser(
-        prog=PROG,
-        description="Evaluate a checkpoint of a jaxcnn run on the whole test set: loss, "
+    parser = cli.checkpoint_command_parser(
+        PROG,
+        "Evaluate a checkpoint of a jaxcnn run on the whole test set: loss, "
         "accuracy, per-class accuracy and the confusion matrix (rows: true class, columns: "
         "predicted class).",
     )
-    add_restore_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
         "--gallery",
@@ -53,15 +50,14 @@ def build_parser() -> ArgumentParser:
         metavar="N",
         help="draw at most N mistakes, the most confident ones (default: %(default)s)",
     )
-    add_data_flags(parser)
     return parser
 
 
 def predict_probabilities(
-    state: steps.TrainState, batches: Sequence[steps.Batch]
+    state: TrainState, batches: Sequence[Batch]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the class probabilities (N, classes) and the true class of every real example."""
-    predict = jax.jit(lambda state, images: jax.nn.softmax(steps.predict_logits(state, images)))
+    predict = jax.jit(lambda state, images: jax.nn.softmax(predict_logits(state, images)))
     probabilities, labels = [], []
     for batch in batches:
         real = batch["mask"] > 0
@@ -78,7 +74,7 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
 
 
 def build_report(
-    config: TrainConfig, step: int, totals: loop.EvalResult, matrix: np.ndarray
+    config: TrainConfig, step: int, totals: EvalResult, matrix: np.ndarray
 ) -> dict[str, Any]:
     """Return the evaluation as a JSON-ready dict."""
     names = data.DATASETS[config.dataset].class_names
@@ -153,9 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gallery_max <= 0:
         raise UsageError(f"--gallery-max {args.gallery_max}: must be a positive integer")
     config, state, _, step = workdir.restore_run(args.workdir, args.step)
-    splits = load_data(args, config.dataset, ("test",))
+    splits = cli.load_data(args, config.dataset, ("test",))
     batches = data.fixed_batches(splits["test"], config.eval_batch_size)
-    totals = loop.evaluate(jax.jit(steps.eval_step), state, batches)
+    totals = evaluate(jax.jit(eval_step), state, batches)
     probabilities, labels = predict_probabilities(state, batches)
     num_classes = data.DATASETS[config.dataset].num_classes
     matrix = confusion_matrix(labels, probabilities.argmax(-1), num_classes)
@@ -171,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-cli_main = run_command(PROG, main)
+cli_main = cli.run_command(PROG, main)
 
 if __name__ == "__main__":
-    exit_process(cli_main())
+    cli.exit_process(cli_main())

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from jaxcnn.config import UsageError
+from jaxcnn.errors import UsageError
 
 #: Files larger than this are refused before decoding.
 MAX_IMAGE_BYTES = 50 * 1024 * 1024

@@ -8,17 +8,20 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from jaxcnn import data, images, steps, workdir
-from jaxcnn.cli import ArgumentParser, add_data_flags, add_restore_flags, exit_process, run_command
+from jaxcnn import data, images
+from jaxcnn.cli import ArgumentParser, checkpoint_command_parser, exit_process, run_command
+from jaxcnn.training import workdir
+from jaxcnn.training.state import TrainState
+from jaxcnn.training.step import predict_logits
 
 PROG = "python -m jaxcnn.predict"
 
 
 def build_parser() -> ArgumentParser:
     """Return the command-line parser."""
-    parser = ArgumentParser(
-        prog=PROG,
-        description="Classify PNG or JPEG images with a checkpoint of a jaxcnn run: prints "
+    parser = checkpoint_command_parser(  # with the data flags, though predict reads no dataset
+        PROG,
+        "Classify PNG or JPEG images with a checkpoint of a jaxcnn run: prints "
         "the predicted class and the probability of each class. A grayscale 28x28 image is "
         "used as it is (white digit on black, as in MNIST). Any other image is converted "
         "the way MNIST's digits were prepared: made grayscale (transparency on white), "
@@ -27,16 +30,14 @@ def build_parser() -> ArgumentParser:
         f"field centred by its centre of mass. Files over {images.MAX_IMAGE_BYTES // 2**20} "
         "MB are refused before decoding.",
     )
-    add_restore_flags(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    add_data_flags(parser)  # Shared by every command; predict reads no dataset.
     return parser
 
 
-def class_probabilities(state: steps.TrainState, pixels: np.ndarray) -> np.ndarray:
+def class_probabilities(state: TrainState, pixels: np.ndarray) -> np.ndarray:
     """Return softmax probabilities (N, classes) for uint8 images (N, 28, 28)."""
-    logits = steps.predict_logits(state, pixels[..., None])
+    logits = predict_logits(state, pixels[..., None])
     return np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
 
 

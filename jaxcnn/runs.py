@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxcnn import workdir
-from jaxcnn.checkpoint import CHECKPOINT_DIR, Checkpoints
 from jaxcnn.cli import ArgumentParser, exit_process, run_command
-from jaxcnn.config import UsageError
+from jaxcnn.errors import UsageError
+from jaxcnn.training import workdir
+from jaxcnn.training.checkpoints import CHECKPOINT_DIR, Checkpoints
 
 PROG = "python -m jaxcnn.runs"
 COLUMNS = (

@@ -30,8 +30,8 @@ from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from jaxcnn.config import TrainConfig
-from jaxcnn.loop import LogRecord
-from jaxcnn.optim import learning_rate_schedule
+from jaxcnn.training.loop import LogRecord
+from jaxcnn.training.optim import learning_rate_schedule
 
 #: The folder of a work dir that holds the event files.
 TB_DIR = "tb"

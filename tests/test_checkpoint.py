@@ -8,17 +8,21 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from jaxcnn import models, steps
-from jaxcnn.checkpoint import CheckpointError, Checkpoints, Position
+from jaxcnn import models
+from jaxcnn.errors import CheckpointError
+from jaxcnn.training import step as steps
+from jaxcnn.training.checkpoints import Checkpoints
+from jaxcnn.training.state import TrainState, create_train_state
+from jaxcnn.training.timetable import Position
 
 
-def new_state(num_classes: int = 10, seed: int = 0) -> steps.TrainState:
-    return steps.create_train_state(
+def new_state(num_classes: int = 10, seed: int = 0) -> TrainState:
+    return create_train_state(
         models.CNN(num_classes=num_classes), optax.adam(1e-3), jax.random.key(seed), (28, 28, 1)
     )
 
 
-def at_step(state: steps.TrainState, step: int) -> steps.TrainState:
+def at_step(state: TrainState, step: int) -> TrainState:
     return state.replace(step=jnp.asarray(step, jnp.int32))
 
 

@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 from helpers.common import file_digests, run_cli
 
-from jaxcnn import convert, data, steps, torch_interop, workdir
+from jaxcnn import convert, data
 from jaxcnn.config import TrainConfig
+from jaxcnn.models import torch_interop
+from jaxcnn.training import step as steps
+from jaxcnn.training import workdir
+from jaxcnn.training.state import new_state
 from jaxcnn.trees import named_leaves
 
 
@@ -185,7 +189,7 @@ def test_same_weights_give_the_same_logits_loss_and_gradients_as_pytorch(torch, 
         {name: p.grad.numpy() for name, p in net.named_parameters()}
     )
     state_dict = {key: value.numpy() for key, value in net.state_dict().items()}
-    state = workdir.new_state(TrainConfig()).replace(
+    state = new_state(TrainConfig()).replace(
         params=jax.tree.map(np.asarray, torch_interop.params_from_state_dict(state_dict))
     )
     mask = np.arange(64) < 32

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcnn import fastconv, models
-from jaxcnn.steps import to_float_images
+from jaxcnn import models
+from jaxcnn.models import cpu_forms as fastconv
+from jaxcnn.training.step import to_float_images
 
 PAD = ((2, 2), (2, 2))
 

@@ -9,7 +9,9 @@ import pytest
 from helpers.common import run_cli
 from PIL import Image
 
-from jaxcnn import data, evaluate, gallery, workdir
+from jaxcnn import data, evaluate
+from jaxcnn.inspection import gallery
+from jaxcnn.training import workdir
 
 
 def gallery_text(path) -> dict:

@@ -11,9 +11,15 @@ import optax
 import pytest
 from helpers.common import run_cli
 
-from jaxcnn import data, explain, grads, layers, plot, steps, trees
+from jaxcnn import data, plot, trees
+from jaxcnn import explain as explain_command
+from jaxcnn import grads as grads_command
 from jaxcnn.config import TrainConfig
-from jaxcnn.workdir import new_state
+from jaxcnn.inspection import gradients as grads
+from jaxcnn.inspection import hand_step as explain
+from jaxcnn.models import cpu_forms as layers
+from jaxcnn.training import step as steps
+from jaxcnn.training.state import new_state
 
 TOLERANCE = 1e-5
 
@@ -183,7 +189,7 @@ def test_grads_command_on_a_real_checkpoint(trained, data_dir, tmp_path, capsys)
         "--save",
         str(out),
     ]
-    assert run_cli(grads.cli_main, argv) == 0
+    assert run_cli(grads_command.cli_main, argv) == 0
     text = capsys.readouterr().out
     assert (
         "gradient at checkpoint step 200" in text and "out/kernel" in text and "global norm" in text
@@ -194,12 +200,14 @@ def test_grads_command_on_a_real_checkpoint(trained, data_dir, tmp_path, capsys)
         "out/bias", "out/kernel",
     ]  # fmt: skip
     assert saved["out/kernel"].shape == (1568, 10)
-    assert run_cli(grads.cli_main, argv) == 2  # the file exists now: not overwritten
+    assert run_cli(grads_command.cli_main, argv) == 2  # the file exists now: not overwritten
     assert "exists" in capsys.readouterr().err
 
 
 def test_explain_command_walks_a_real_step(data_dir, capsys):
-    assert run_cli(explain.cli_main, ["--data-dir", str(data_dir), "--batch-size", "16"]) == 0
+    assert (
+        run_cli(explain_command.cli_main, ["--data-dir", str(data_dir), "--batch-size", "16"]) == 0
+    )
     out = capsys.readouterr().out
     assert "16 of 16 stages agree" in out and "conv1 conv backward" in out and "adam step" in out
 

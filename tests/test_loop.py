@@ -1,4 +1,4 @@
-"""The two ways to run the steps between sync points, the stretch plan, and the recipes."""
+"""The two ways to run the steps between sync points, the scan plan, and the recipes."""
 
 from __future__ import annotations
 
@@ -10,28 +10,42 @@ import optax
 import pytest
 from helpers.common import run_cli
 
-from jaxcnn import loop, optim, train
-from jaxcnn import workdir as workdir_lib
+from jaxcnn import train
 from jaxcnn.config import TrainConfig
+from jaxcnn.training import optim
+from jaxcnn.training import workdir as workdir_lib
+from jaxcnn.training.scan_loop import scan_shapes
+from jaxcnn.training.timetable import Position, Timetable
 from jaxcnn.trees import named_leaves
 
 
-def test_the_plan_ends_a_stretch_at_every_log_checkpoint_epoch_end_and_the_last_step():
-    config = TrainConfig(log_every=100, checkpoint_every=250)
-    plan = loop.plan_stretches(config, per_epoch=938, taken=0, steps_to_take=1000)
-    ends = [s.epoch * 938 + s.last + 1 for s in plan]
+def scans_from(timetable: Timetable, epoch: int, batch: int) -> list[tuple[int, range]]:
+    """Return (epoch, batches) of every scan from ``batch`` of ``epoch`` to the run's end."""
+    return [
+        (e, batches)
+        for e in range(epoch, timetable.epochs_with_steps)
+        for batches in timetable.batches_between_sync_points(e, batch if e == epoch else 0)
+    ]
+
+
+def test_the_scans_end_at_every_log_checkpoint_epoch_end_and_the_last_step():
+    config = TrainConfig(log_every=100, checkpoint_every=250, max_steps=1000)
+    timetable = Timetable.of(config, 60_000)
+    assert (timetable.steps_per_epoch, timetable.total_steps) == (938, 1000)
+    plan = scans_from(timetable, 0, 0)
+    ends = [epoch * 938 + batches[-1] + 1 for epoch, batches in plan]
     assert ends[:4] == [1, 101, 201, 250]
     assert 938 in ends and ends[-1] == 1000
-    assert sum(s.length for s in plan) == 1000
-    assert all(s.first <= s.last < 938 for s in plan)
-    resumed = loop.plan_stretches(config, per_epoch=938, taken=120, steps_to_take=1000)
-    assert resumed[0] == loop.Stretch(epoch=0, first=120, last=200)
-    assert [s for s in plan if s.epoch * 938 + s.first >= 250] == resumed[2:]
+    assert sum(len(batches) for _, batches in plan) == 1000
+    assert all(batches[0] <= batches[-1] < 938 for _, batches in plan)
+    resumed = scans_from(timetable, 0, 120)
+    assert resumed[0] == (0, range(120, 201))
+    assert [(e, b) for e, b in plan if e * 938 + b[0] >= 250] == resumed[2:]
 
 
-def test_stretch_shapes_are_few():
+def test_scan_shapes_are_few():
     config = TrainConfig(log_grads=True)
-    shapes = loop.stretch_shapes(config, 60_000, workdir_lib.Position(0, 0, 0))
+    shapes = scan_shapes(config, 60_000, Position(0, 0, 0))
     # 1 (batch 0), 100 (to each log point), 37 (to the epoch's end), with stats at log points
     assert shapes == [(1, True), (37, False), (100, True)]
 

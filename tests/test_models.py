@@ -11,6 +11,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxcnn import models
+from jaxcnn.models.cpu_forms import max_pool_2x2
 
 BATCH = 8
 
@@ -77,16 +78,16 @@ def test_initialisation_is_pytorch_default_uniform():
 def test_max_pool_2x2_matches_flax_max_pool():
     x = jax.random.normal(jax.random.key(2), (3, 14, 14, 5))
     expected = nn.max_pool(x, (2, 2), strides=(2, 2))
-    np.testing.assert_array_equal(models.max_pool_2x2(x), expected)
+    np.testing.assert_array_equal(max_pool_2x2(x), expected)
     odd = jax.random.normal(jax.random.key(3), (2, 7, 7, 3))  # PyTorch drops the odd row/col
-    np.testing.assert_array_equal(models.max_pool_2x2(odd), nn.max_pool(odd, (2, 2), (2, 2)))
+    np.testing.assert_array_equal(max_pool_2x2(odd), nn.max_pool(odd, (2, 2), (2, 2)))
 
 
 def test_max_pool_2x2_gradient_is_autodiff_of_the_window_max_ties_included():
     # Without ties: the same gradient as flax's reduce_window pooling.
     x = jax.random.normal(jax.random.key(4), (3, 14, 14, 5))
     cotangent = jax.random.normal(jax.random.key(5), (3, 7, 7, 5))
-    ours = jax.jit(jax.vjp(models.max_pool_2x2, x)[1])(cotangent)[0]
+    ours = jax.jit(jax.vjp(max_pool_2x2, x)[1])(cotangent)[0]
     flax_pool = jax.vjp(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)), x)[1](cotangent)[0]
     np.testing.assert_array_equal(ours, flax_pool)
 
@@ -96,7 +97,7 @@ def test_max_pool_2x2_gradient_is_autodiff_of_the_window_max_ties_included():
         return x.reshape(3, 7, 2, 7, 2, 5).max(axis=(2, 4))
 
     tied = jnp.round(jax.nn.relu(jax.random.normal(jax.random.key(6), (3, 15, 14, 5))) * 2) / 2
-    ours = jax.jit(jax.vjp(models.max_pool_2x2, tied)[1])(cotangent)[0]
+    ours = jax.jit(jax.vjp(max_pool_2x2, tied)[1])(cotangent)[0]
     np.testing.assert_allclose(ours, jax.vjp(window_max, tied)[1](cotangent)[0], rtol=1e-6)
     maxima = tied[:, :14].reshape(3, 7, 2, 7, 2, 5) == window_max(tied)[:, :, None, :, None]
     assert np.any(maxima.sum(axis=(2, 4)) > 1)  # the data does hold ties

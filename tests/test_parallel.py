@@ -21,7 +21,7 @@ import pytest
 from helpers.common import run_cli
 
 from jaxcnn import train
-from jaxcnn import workdir as workdir_lib
+from jaxcnn.training import workdir as workdir_lib
 from jaxcnn.trees import named_leaves
 
 HELPERS = Path(__file__).parent / "helpers"

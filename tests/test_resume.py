@@ -21,7 +21,7 @@ import pytest
 from helpers.common import file_digests, read_scalars, run_cli
 
 from jaxcnn import train
-from jaxcnn import workdir as workdir_lib
+from jaxcnn.training import workdir as workdir_lib
 
 STEPS = 120
 RUN_FLAGS = ["--max-steps", str(STEPS), "--checkpoint-every", "40", "--log-every", "30"]

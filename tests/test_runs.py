@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from helpers.common import run_cli
 
-from jaxcnn import runs, train, workdir
+from jaxcnn import runs, train
+from jaxcnn.training import job, workdir
+from jaxcnn.training.signals import StopRequest
 
 
-class SigintAfter(train.StopRequest):
+class SigintAfter(StopRequest):
     """A stop request that receives SIGINT after a number of steps, as Ctrl-C would."""
 
     steps = 50
@@ -32,7 +34,7 @@ def runs_dir(trained, data_dir, tmp_path_factory) -> Path:
     shutil.copytree(trained, folder / "finished")
     argv = ["--max-steps", "300", "--log-every", "20", "--data-dir", str(data_dir)]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "StopRequest", SigintAfter)
+        patch.setattr(job, "StopRequest", SigintAfter)
         code = train.cli_main([*argv, "--workdir", str(folder / "interrupted")])
     assert code == 128 + signal.SIGINT
     return folder

@@ -12,11 +12,13 @@ import optax
 import pytest
 from jax.test_util import check_grads
 
-from jaxcnn import data, models, steps
+from jaxcnn import data, models
+from jaxcnn.training import step as steps
+from jaxcnn.training.state import TrainState, create_train_state
 
 
-def new_state(seed: int = 0, learning_rate: float = 1e-3) -> steps.TrainState:
-    return steps.create_train_state(
+def new_state(seed: int = 0, learning_rate: float = 1e-3) -> TrainState:
+    return create_train_state(
         models.CNN(), optax.adam(learning_rate), jax.random.key(seed), (28, 28, 1)
     )
 
@@ -29,9 +31,7 @@ def real_batch(split: data.Split, indices: np.ndarray, batch_size: int) -> dict[
     return data.make_batch(split, padded, mask)
 
 
-def run_steps(
-    split: data.Split, seed: int, num_steps: int, batch_size: int = 32
-) -> steps.TrainState:
+def run_steps(split: data.Split, seed: int, num_steps: int, batch_size: int = 32) -> TrainState:
     state = new_state(seed)
     train_step = jax.jit(steps.train_step)
     order = data.epoch_permutation(seed, 0, len(split))
@@ -149,22 +149,24 @@ def test_a_batch_in_chunks_gives_the_whole_batch_s_loss_and_gradients(mnist, chu
     np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
     np.testing.assert_allclose(logits_b, logits_a, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(grads_b, grads_a, rtol=1e-5, atol=1e-7)
-    step = jax.jit(steps.train_step, static_argnames="chunks")
+    step = jax.jit(steps.train_step, static_argnames="grad_fn")
     _, metrics_a = step(state, batch)
-    _, metrics_b = step(state, batch, chunks=chunks)
+    _, metrics_b = step(state, batch, grad_fn=steps.in_chunks(chunks))
     assert int(metrics_b["correct"]) == int(metrics_a["correct"])
     assert int(metrics_b["count"]) == int(metrics_a["count"]) == 40
 
 
 def test_chunks_are_refused_for_batchnorm_models():
-    state = steps.create_train_state(
+    state = create_train_state(
         models.create_model("resnet18", 10), optax.adam(1e-3), jax.random.key(0), (28, 28, 1)
     )
     batch = real_batch(
         data.Split(np.zeros((4, 28, 28, 1), np.uint8), np.zeros(4, np.int32)), np.arange(4), 4
     )
     with pytest.raises(ValueError, match="BatchNorm"):
-        jax.eval_shape(lambda s, b: steps.train_step(s, b, chunks=2), state, batch)
+        jax.eval_shape(
+            lambda s, b: steps.train_step(s, b, grad_fn=steps.in_chunks(2)), state, batch
+        )
 
 
 def test_eval_in_chunks_counts_the_same(mnist):

@@ -16,7 +16,8 @@ import threading
 import pytest
 from helpers.common import read_scalars
 
-from jaxcnn import progress, tb
+from jaxcnn import tb
+from jaxcnn.training import progress
 
 #: What the ``trained`` fixture's run (``--log-grads``) writes at each log point.
 EXPECTED_TAGS = {
@@ -46,7 +47,7 @@ def test_tensorboard_reads_every_scalar_of_a_short_run_at_its_log_steps(trained)
     )
     assert [value for _, value in scalars["learning_rate"]] == pytest.approx([1e-3] * 3)
     assert all(0 < value < 10 for _, value in scalars["step_time"])
-    # one file per stretch between checkpoints (100, 200, 300), named by its first step
+    # one file per span between checkpoints (100, 200, 300), named by its first step
     assert [tb.first_step_of(path) for path in sorted((trained / "tb").iterdir())] == [1, 101, 201]
 
 

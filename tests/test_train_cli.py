@@ -143,3 +143,10 @@ def test_data_dir_from_the_environment_is_checked(tmp_path):
     assert result.returncode == 2
     assert "TFDS_DATA_DIR" in result.stderr and "Traceback" not in result.stderr
     assert not Path(tmp_path / "run").exists()
+
+
+def test_the_readme_flag_table_is_made_from_the_flags():
+    """Each flag's default and meaning is written once (TrainConfig, or the parser)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert train.readme_flag_table() in readme
+    assert "| `--batch-size B` | the recipe's, 64 | training examples per step" in readme

@@ -11,8 +11,15 @@ import optax
 import pytest
 from helpers.common import run_cli
 
-from jaxcnn import data, loop, models, parallel, steps, summary, train, workdir
+from jaxcnn import data, models, summary, train
 from jaxcnn.config import TrainConfig
+from jaxcnn.inspection import layer_shapes
+from jaxcnn.training import job, parallel, workdir
+from jaxcnn.training import step as steps
+from jaxcnn.training.evaluation import evaluate
+from jaxcnn.training.signals import StopRequest
+from jaxcnn.training.state import TrainState, create_train_state
+from jaxcnn.training.state import new_state as new_config_state
 
 #: torchvision's counts for 224×224×3 images and 1000 classes.
 IMAGENET_PARAMS = {"vgg16": 138_357_544, "resnet18": 11_689_512, "resnet34": 21_797_672}
@@ -39,18 +46,17 @@ def test_imagenet_parameter_counts_are_exact(name):
 
 def test_the_seeds_worked_examples():
     """Section 2.2.4: 32x32x3, 10 filters of 5x5, stride 1, pad 2; section 2.2.2's stack."""
-    assert summary.conv_output_shape((32, 32, 3), filters=10, kernel=5, stride=1, padding=2) == (
-        32,
-        32,
-        10,
+    shape = layer_shapes.conv_output_shape((32, 32, 3), filters=10, kernel=5, stride=1, padding=2)
+    assert shape == (32, 32, 10)
+    assert (
+        layer_shapes.size_formula(32, kernel=5, stride=1, padding=2) == "(32 + 2*2 - 5)/1 + 1 = 32"
     )
-    assert summary.size_formula(32, kernel=5, stride=1, padding=2) == "(32 + 2*2 - 5)/1 + 1 = 32"
-    assert summary.conv_parameters(in_channels=3, filters=10, kernel=5) == 760
-    first = summary.conv_output_shape((32, 32, 3), filters=6, kernel=5)
-    second = summary.conv_output_shape(first, filters=10, kernel=5)
+    assert layer_shapes.conv_parameters(in_channels=3, filters=10, kernel=5) == 760
+    first = layer_shapes.conv_output_shape((32, 32, 3), filters=6, kernel=5)
+    second = layer_shapes.conv_output_shape(first, filters=10, kernel=5)
     assert (first, second) == ((28, 28, 6), (24, 24, 10))
-    assert summary.conv_parameters(3, 6, 5) == 6 * 5 * 5 * 3 + 6
-    assert summary.conv_parameters(6, 10, 5) == 10 * 5 * 5 * 6 + 10
+    assert layer_shapes.conv_parameters(3, 6, 5) == 6 * 5 * 5 * 3 + 6
+    assert layer_shapes.conv_parameters(6, 10, 5) == 10 * 5 * 5 * 6 + 10
 
 
 @pytest.mark.parametrize(
@@ -62,7 +68,7 @@ def test_the_seeds_worked_examples():
 )
 def test_every_summary_row_follows_from_the_formula(name, shape):
     """Each layer's shape from the formula is the one Flax computed; rows add up to the total."""
-    table = summary.summarize(name, shape, 10)
+    table = layer_shapes.summarize(name, shape, 10)
     assert table.layers
     for row in table.layers:
         assert row.formula_shape == row.output_shape, row
@@ -132,9 +138,9 @@ def test_train_refuses_an_unknown_model(data_dir, tmp_path, capsys):
 # ----------------------------------------------------------------------------- training
 
 
-def new_state(name: str, seed: int = 0) -> steps.TrainState:
+def new_state(name: str, seed: int = 0) -> TrainState:
     model = models.create_model(name, 10)
-    return steps.create_train_state(
+    return create_train_state(
         model, optax.adam(LEARNING_RATES[name]), jax.random.key(seed), (28, 28, 1)
     )
 
@@ -205,7 +211,7 @@ def resnet_run(mnist, tmp_path_factory):
     path.mkdir()
     workdir.write_json(path / workdir.CONFIG, config.to_dict())
     placement = parallel.create_placement(1)
-    result = train.run_training(config, splits, path, None, train.StopRequest(), placement)
+    result = job.run_training(config, splits, path, None, StopRequest(), placement)
     return path, splits, result
 
 
@@ -214,7 +220,7 @@ def test_resnet_checkpoint_round_trips_its_batchnorm_statistics(resnet_run):
     assert result.steps == 4  # 60 = 3 x 16 + 12: the last batch is padded
     config, restored, _, step = workdir.restore_run(path)
     assert step == 4 and config.model == "resnet18"
-    initial = workdir.new_state(config).model_state["batch_stats"]
+    initial = new_config_state(config).model_state["batch_stats"]
     trained = jax.device_get(result.state.model_state["batch_stats"])
     np.testing.assert_array_equal(initial["stem_bn"]["var"], np.ones(64))
     assert not np.allclose(trained["stem_bn"]["var"], initial["stem_bn"]["var"])
@@ -234,7 +240,7 @@ def test_evaluation_uses_and_keeps_the_running_statistics(resnet_run):
     _, state, _, _ = workdir.restore_run(path)
     before = jax.device_get(state.model_state)
     batches = data.fixed_batches(splits["test"], 50)
-    test = loop.evaluate(jax.jit(steps.eval_step), state, batches)
+    test = evaluate(jax.jit(steps.eval_step), state, batches)
     assert test.accuracy == result.test.accuracy and test.count == 100
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.model_state), before)
     # In eval mode an image's logits do not depend on the rest of its batch...

@@ -12,11 +12,11 @@ import sys
 import jax
 import numpy as np
 
-from jaxcnn import loop
 from jaxcnn.config import TrainConfig
 from jaxcnn.data import Split
-from jaxcnn.parallel import create_placement
-from jaxcnn.workdir import new_state
+from jaxcnn.training.compile import compile_steps, example_batches
+from jaxcnn.training.parallel import create_placement
+from jaxcnn.training.state import new_state
 
 
 def all_reduce_count(devices: int) -> int:
@@ -24,10 +24,10 @@ def all_reduce_count(devices: int) -> int:
     config = TrainConfig()
     split = Split(np.zeros((100, 28, 28, 1), np.uint8), np.zeros(100, np.int32))
     placement = create_placement(devices)
-    state = placement.put_state(new_state(config))
-    batches = loop.example_batches(config, {"train": split, "test": split}, placement)
-    compiled = loop.compile_steps(state, *batches, placement)
-    return compiled.train.as_text().count("all-reduce(")
+    state = placement.replicate(new_state(config))
+    batches = example_batches(config, {"train": split, "test": split}, placement)
+    compiled = compile_steps(state, *batches, placement)
+    return compiled.step.as_text().count("all-reduce(")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Building blocks shared by the networks: pooling as modules, initialisers, BatchNorm's mask.
+"""Building blocks shared by the networks: PyTorch-style layers, pooling, BatchNorm's mask.
 
-Pooling has no parameters, but it is written as a module (``MaxPool``,
-``GlobalAveragePool``) so that it is a layer of its own in ``python -m jaxcnn.summary``,
-with its window, stride and padding, like a convolution.
+``torch_conv`` and ``torch_dense`` are PyTorch's ``nn.Conv2d`` and ``nn.Linear`` with
+their default initialisation. Pooling has no parameters, but it is written as a module
+(``MaxPool``, ``GlobalAveragePool``) so that it is a layer of its own in
+``python -m jaxcnn.summary``, with its window, stride and padding, like a convolution.
+The seed's convolution and 2×2 pooling are computed in the forms that
+:mod:`jaxcnn.models.cpu_forms` chooses for XLA:CPU (same values; that module says why).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from jaxcnn.models import cpu_forms
 
 Initializer = Callable[..., jax.Array]
 
@@ -47,61 +52,35 @@ def torch_dense(features: int, in_features: int, name: str) -> nn.Dense:
     )
 
 
+def torch_conv(features: int, in_channels: int, kernel_size: int, name: str) -> nn.Conv:
+    """Return PyTorch's ``nn.Conv2d(in_channels, features, kernel_size, 1, kernel_size // 2)``.
+
+    Stride 1 and 'same' padding, initialised as PyTorch does by default; computed by
+    :func:`jaxcnn.models.cpu_forms.conv_general_dilated`.
+    """
+    pad = kernel_size // 2
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=1,
+        padding=((pad, pad), (pad, pad)),
+        kernel_init=torch_kernel_init,
+        bias_init=torch_bias_init(in_channels * kernel_size * kernel_size),
+        conv_general_dilated=cpu_forms.conv_general_dilated,
+        name=name,
+    )
+
+
 #: torchvision's convolution weights for VGG and ResNet: ``kaiming_normal_(mode="fan_out",
 #: nonlinearity="relu")``, a normal with variance 2 / fan_out.
 he_normal_fan_out: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _crop_even(x: jax.Array) -> jax.Array:
-    """Drop an odd trailing row and column of NHWC ``x``, as PyTorch's 2×2 pooling does."""
-    _, h, w, _ = x.shape
-    return x[:, : h - h % 2, : w - w % 2, :]
-
-
-def _window_max_by_reshape(x: jax.Array) -> jax.Array:
-    """2×2/2 max-pooling as reshape-then-``max``: the form whose gradient XLA:CPU runs well."""
-    x = _crop_even(x)
-    n, h, w, c = x.shape
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
-@jax.custom_vjp
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """Max-pool NHWC ``x`` over 2×2 windows with stride 2 (PyTorch's ``MaxPool2d(2)``).
-
-    The same values as ``nn.max_pool``, in two forms chosen for XLA:CPU, where the
-    usual ones are slow: the gradient of ``reduce_window`` lowers to select-and-scatter,
-    and a reshape-then-``max`` reduction fused after a convolution runs several times
-    slower than the convolution itself. So inference (this function) takes the
-    elementwise maximum of each window's four strided corners, while training
-    (:func:`jax.custom_vjp`) runs reshape-then-``max`` and its autodiff gradient, an
-    elementwise mask. Either way each window's gradient goes to its maximum, shared
-    equally where several elements equal it (``jnp.max``'s rule). Odd trailing rows or
-    columns are dropped, as PyTorch does.
-    """
-    x = _crop_even(x)
-    corners = [x[:, row::2, col::2, :] for row in (0, 1) for col in (0, 1)]
-    return jnp.maximum(jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3]))
-
-
-def _max_pool_2x2_fwd(x: jax.Array) -> tuple[jax.Array, Callable[..., tuple[jax.Array]]]:
-    return jax.vjp(_window_max_by_reshape, x)
-
-
-def _max_pool_2x2_bwd(
-    pullback: Callable[..., tuple[jax.Array]], cotangent: jax.Array
-) -> tuple[jax.Array]:
-    return pullback(cotangent)
-
-
-max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
-
-
 class MaxPool(nn.Module):
     """``window``×``window`` max-pooling with ``stride``, padded by ``padding`` (with -inf).
 
-    The seed's 2×2, stride 2, unpadded pooling runs as :func:`max_pool_2x2`; any other
-    as ``nn.max_pool``.
+    The seed's 2×2, stride 2, unpadded pooling runs as
+    :func:`jaxcnn.models.cpu_forms.max_pool_2x2`; any other as ``nn.max_pool``.
     """
 
     window: int = 2
@@ -112,7 +91,7 @@ class MaxPool(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Pool NHWC ``x`` over height and width."""
         if (self.window, self.stride, self.padding) == (2, 2, 0):
-            return max_pool_2x2(x)
+            return cpu_forms.max_pool_2x2(x)
         pad = (self.padding, self.padding)
         return nn.max_pool(
             x, (self.window, self.window), strides=(self.stride, self.stride), padding=(pad, pad)
@@ -151,7 +130,8 @@ def batch_norm(name: str, train: bool) -> nn.BatchNorm:
 
 
 #: Inputs with a side shorter than this are "small" (MNIST's 28, CIFAR's 32): VGG and
-#: ResNet then use their small-image stems (see :mod:`jaxcnn.vgg`, :mod:`jaxcnn.resnet`).
+#: ResNet then use their small-image stems (see :mod:`jaxcnn.models.vgg` and
+#: :mod:`jaxcnn.models.resnet`).
 SMALL_IMAGE_SIDE = 64
 
 

@@ -6,25 +6,25 @@ Layout of a work dir::
     metrics.jsonl    one JSON object per log line
     summary.json     written when training finishes
     status.json      what the last training process is doing or how it ended
-    checkpoints/     Orbax step folders (see jaxcnn.checkpoint)
+    checkpoints/     Orbax step folders (see jaxcnn.training.checkpoints)
     tb/              TensorBoard event files (see jaxcnn.tb)
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jax
-
-from jaxcnn import data, models, steps
-from jaxcnn.checkpoint import CHECKPOINT_DIR, CheckpointError, Checkpoints, Position
-from jaxcnn.config import TrainConfig, UsageError
-from jaxcnn.optim import create_optimizer
+from jaxcnn.config import TrainConfig
+from jaxcnn.errors import EXIT_NONFINITE, CheckpointError, NonFiniteError, UsageError
+from jaxcnn.training.checkpoints import CHECKPOINT_DIR, Checkpoints
+from jaxcnn.training.state import TrainState, new_state
+from jaxcnn.training.timetable import Position
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -135,20 +135,9 @@ def truncate_metrics(workdir: Path, last_step: int) -> int:
     return len(lines) - len(kept)
 
 
-def new_state(config: TrainConfig) -> steps.TrainState:
-    """Return the freshly initialised training state of ``config``."""
-    spec = data.DATASETS[config.dataset]
-    return steps.create_train_state(
-        models.create_model(config.model, spec.num_classes),
-        create_optimizer(config),
-        jax.random.key(config.seed),
-        spec.image_shape,
-    )
-
-
 def restore_run(
     workdir: str | Path, step: int | None = None
-) -> tuple[TrainConfig, steps.TrainState, Position, int]:
+) -> tuple[TrainConfig, TrainState, Position, int]:
     """Restore a finished or interrupted run for evaluation or prediction.
 
     Args:
@@ -179,3 +168,90 @@ def restore_run(
     finally:
         checkpoints.close()
     return config, state, position, chosen
+
+
+def saved_config(path: Path | None, config: TrainConfig, override: bool) -> TrainConfig | None:
+    """Return the config of the run already in ``path`` (None if there is none).
+
+    Raises:
+        UsageError: ``path`` is a file, holds run files but no config, or holds a run
+            whose hyperparameters differ from ``config`` (unless ``override``).
+    """
+    if path is None or not path.exists():
+        return None
+    if not path.is_dir():
+        raise UsageError(f"--workdir {str(path)!r} exists and is not a folder")
+    saved = read_config(path)
+    if saved is None:
+        run_files = [name for name in (METRICS, SUMMARY, CHECKPOINT_DIR) if (path / name).exists()]
+        if run_files:
+            raise UsageError(
+                f"--workdir {str(path)!r} holds {', '.join(run_files)} but no {CONFIG}; "
+                "choose a new folder so nothing is overwritten"
+            )
+        return None
+    differences = saved.differences(config)
+    if differences and not override:
+        raise UsageError(
+            f"--workdir {str(path)!r} holds a run with other hyperparameters ("
+            + "; ".join(differences)
+            + "); use the saved ones, a new --workdir, or --override"
+        )
+    return saved
+
+
+def create(path: Path | None, config: TrainConfig) -> Path:
+    """Create and return the work dir: ``path``, else a new ``runs/<time>-<dataset>-<model>``."""
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{config.dataset}-{config.model}"
+    path, suffix = base, 1
+    while path.exists():
+        path, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
+    path.mkdir(parents=True)
+    return path
+
+
+def save_config(path: Path, config: TrainConfig, saved: TrainConfig | None, step: int) -> None:
+    """Write ``config.json``; a different saved config is kept as ``config-before-step-N.json``."""
+    if saved is not None and saved != config:
+        write_json(path / f"config-before-step-{step}.json", saved.to_dict())
+    write_json(path / CONFIG, config.to_dict())
+
+
+@contextlib.contextmanager
+def recording_status(path: Path, resumed_step: int) -> Iterator[None]:
+    """Mark the run in ``path`` running; if the block raises, mark it failed or interrupted.
+
+    ``status.json`` is what ``jaxcnn.runs`` reads; a normal end is recorded by
+    :func:`record_end`.
+    """
+    write_status(path, RUNNING, resumed_step)
+    try:
+        yield
+    except (NonFiniteError, FloatingPointError) as error:  # the latter: --debug-nans
+        write_status(
+            path,
+            FAILED,
+            getattr(error, "step", None),
+            exit_code=EXIT_NONFINITE,
+            reason="non-finite loss or gradient",
+            message=str(error).splitlines()[0],
+        )
+        raise
+    except KeyboardInterrupt:  # a second signal while stopping
+        write_status(path, INTERRUPTED, None, reason="second signal")
+        raise
+    except Exception as error:
+        write_status(path, FAILED, None, reason=type(error).__name__, message=str(error))
+        raise
+
+
+def record_end(path: Path, steps: int, stopped_by: str | None, exit_code: int) -> None:
+    """Mark the run in ``path`` finished, or interrupted by the signal ``stopped_by``."""
+    if stopped_by is None:
+        write_status(path, FINISHED, steps, exit_code=0)
+    else:
+        write_status(path, INTERRUPTED, steps, exit_code=exit_code, reason=stopped_by)

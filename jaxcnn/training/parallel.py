@@ -24,7 +24,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcnn.config import UsageError
+from jaxcnn.errors import UsageError
 
 #: The name of the mesh axis along which batches are split.
 DATA_AXIS = "data"
@@ -146,20 +146,26 @@ class Placement:
         start = jax.process_index() * per_process if self.num_processes > 1 else 0
         return slice(start, start + per_process)
 
-    def put_state(self, tree: PyTree) -> PyTree:
-        """Return ``tree`` replicated on every device of the mesh (same value in every process)."""
+    def replicate(self, tree: PyTree) -> PyTree:
+        """Return ``tree`` replicated on every device of the mesh (same value in every process).
+
+        The training state is placed so, and, for the compiled loop, the training split.
+        """
         return jax.tree.map(lambda leaf: _global_array(leaf, self.replicated), tree)
 
     @property
-    def stretch_sharding(self) -> NamedSharding:
-        """The sharding of a stretch's indices and masks (steps × batch): batch axis split."""
+    def step_rows_sharding(self) -> NamedSharding:
+        """The sharding of the rows of several steps (steps × batch): the batch axis split."""
         return NamedSharding(self.mesh, PartitionSpec(None, DATA_AXIS))
 
-    def put_stretch(self, local: dict[str, np.ndarray], batch_size: int) -> dict[str, Any]:
-        """Return a stretch's (steps × ``batch_size``) arrays from this process's columns."""
+    def put_step_rows(self, local: dict[str, np.ndarray], batch_size: int) -> dict[str, Any]:
+        """Return (steps × ``batch_size``) arrays of row indices and masks from this process's.
+
+        Each process gives its own columns (its ``local_rows`` of every step's batch).
+        """
         return {
             key: jax.make_array_from_process_local_data(
-                self.stretch_sharding, value, (value.shape[0], batch_size)
+                self.step_rows_sharding, value, (value.shape[0], batch_size)
             )
             for key, value in local.items()
         }

@@ -7,9 +7,9 @@ A checkpoint is a step folder under ``<workdir>/checkpoints`` with two items:
   abstract state (shapes and dtypes only), so a checkpoint of another model or other
   shapes is refused rather than half-loaded;
 - ``position``: JSON saying where the run stands in its data order (see
-  :class:`Position`), so that training continues with exactly the next batch, and a
-  SHA-256 of the state's arrays, checked on restore, so that a corrupted file is
-  refused rather than silently loaded.
+  :class:`jaxcnn.training.timetable.Position`), so that training continues with exactly
+  the next batch, and a SHA-256 of the state's arrays, checked on restore, so that a
+  corrupted file is refused rather than silently loaded.
 
 Saves are synchronous; Orbax writes each one to a temporary folder and renames it when
 complete, so a process killed mid-save leaves the earlier checkpoints as they were.
@@ -30,38 +30,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxcnn.parallel import host_value
+from jaxcnn.errors import CheckpointError
 from jaxcnn.quiet import absl_errors_only
-from jaxcnn.steps import TrainState
+from jaxcnn.training.parallel import host_value
+from jaxcnn.training.state import TrainState
+from jaxcnn.training.timetable import Position
 from jaxcnn.trees import named_leaves
 
 #: The folder of a work dir that holds the checkpoints.
 CHECKPOINT_DIR = "checkpoints"
 #: jaxcnn's list of a step folder's files, with their sizes and SHA-256.
 FILE_LIST = "jaxcnn-files.json"
-
-
-class CheckpointError(Exception):
-    """A checkpoint is missing, incomplete, corrupted or of another model; says which."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Position:
-    """Where a run stands in its data order, after its last step.
-
-    Attributes:
-        epoch: the epoch the next step belongs to.
-        batch: index within that epoch's order of the next batch to train on.
-        seed: the seed of the run's permutations (they depend on seed and epoch only).
-        correct: correctly classified training examples so far in this epoch.
-        count: training examples seen so far in this epoch (for the running accuracy).
-    """
-
-    epoch: int
-    batch: int
-    seed: int
-    correct: int = 0
-    count: int = 0
 
 
 def tree_sha256(tree: Any) -> str:

@@ -16,7 +16,7 @@ instead of the batch's statistics in evaluation, and checkpointed with the state
 
 The 224×224 stem is a 7×7 convolution with stride 2 and 3×3 max-pooling with stride 2:
 224 → 112 → 56. Small images (a side under 64, see
-:func:`jaxcnn.layers.is_small_image`) would be at 7×7 after that stem and 1×1 after
+:func:`jaxcnn.models.layers.is_small_image`) would be at 7×7 after that stem and 1×1 after
 the second stage, with two stages of 3×3 convolutions left running on a single pixel
 and its zero padding. So for them the stem is one 3×3 convolution with stride 1 and no
 pooling, as He et al. did for CIFAR-10: 28 → 28, then the stages give 28, 14, 7 and 4,
@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax
 from flax import linen as nn
 
-from jaxcnn.layers import (
+from jaxcnn.models.layers import (
     GlobalAveragePool,
     MaxPool,
     batch_norm,

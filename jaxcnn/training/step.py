@@ -1,6 +1,6 @@
-"""The training state and the pure step functions.
+"""The pure step functions: where PyTorch's black box is opened.
 
-This is where PyTorch's black box is opened. The seed's training step reads::
+The seed's training step reads::
 
     output = net(data)                   # forward
     loss = criterion(output, target)     # cross-entropy
@@ -12,6 +12,12 @@ Here the same step is one pure function, :func:`train_step`: ``jax.value_and_gra
 returns the loss *and* the gradient as a value (a pytree shaped like the parameters;
 there are no ``.grad`` buffers, so nothing to zero), and ``tx.update`` followed by
 ``optax.apply_updates`` computes new parameters instead of changing the old ones.
+
+Around it, each in a function of its own: :func:`in_chunks` computes the gradient of a
+batch in independent parts (which XLA:CPU runs on several cores at once),
+:func:`keep_if_finite` freezes the state at the first non-finite loss or gradient, and
+:func:`gradient_statistics` adds per-layer norms for ``--log-grads`` (a variant of the
+step compiled apart). :func:`scan_steps` runs many steps in one ``lax.scan``.
 
 A batch is a dict of ``image`` (uint8, NHWC), ``label`` (int32) and ``mask`` (float32,
 1 for a real example and 0 for padding), all of one fixed shape.
@@ -28,70 +34,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import linen as nn
-from flax import struct
 
+from jaxcnn.training.state import TrainState
 from jaxcnn.trees import layer_norms, update_ratios
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 PyTree = Any
-
-
-@struct.dataclass
-class TrainState:
-    """Everything that changes during training, as one pytree.
-
-    Attributes:
-        step: number of optimizer steps taken.
-        params: the model's ``params`` collection.
-        model_state: the model's other variable collections (for example BatchNorm's
-            ``batch_stats``); empty for the seed's CNN.
-        opt_state: the optimizer's state (Adam's moments and step count).
-        nonfinite_step: 0 while every step's loss and gradient were finite; else the
-            step (counting from 1) at which one was not. From that step on the state is
-            frozen: :func:`train_step` leaves it as it was before the bad step.
-        apply_fn: the model's ``apply`` (static, not a leaf).
-        tx: the optax optimizer (static, not a leaf).
-
-    """
-
-    step: jax.Array
-    params: PyTree
-    model_state: PyTree
-    opt_state: optax.OptState
-    nonfinite_step: jax.Array
-    apply_fn: Callable[..., Any] = struct.field(pytree_node=False)
-    tx: optax.GradientTransformation = struct.field(pytree_node=False)
-
-
-def create_train_state(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    rng: jax.Array,
-    image_shape: tuple[int, int, int],
-) -> TrainState:
-    """Initialise ``model`` for images of ``image_shape`` (H, W, C) and ``tx``'s state.
-
-    Args:
-        model: a linen module called as ``model(images, train=...)``.
-        tx: the optimizer.
-        rng: PRNG key for the parameter initialisation.
-        image_shape: shape of one image, channels last.
-
-    """
-    variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    params = variables["params"]
-    model_state = {name: value for name, value in variables.items() if name != "params"}
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        model_state=model_state,
-        opt_state=tx.init(params),
-        nonfinite_step=jnp.zeros((), jnp.int32),
-        apply_fn=model.apply,
-        tx=tx,
-    )
+#: ``(loss, (logits, new_model_state)), grads`` of a batch, as ``jax.value_and_grad`` returns.
+LossAndGrads = tuple[tuple[jax.Array, tuple[jax.Array, PyTree]], PyTree]
+GradFn = Callable[[TrainState, Batch], LossAndGrads]
+#: Extra metrics of a step from ``(params, grads, updates)``; see :func:`gradient_statistics`.
+ExtraMetrics = Callable[[PyTree, PyTree, PyTree], Metrics]
 
 
 def to_float_images(images: jax.Array) -> jax.Array:
@@ -134,6 +88,77 @@ def loss_fn(
     return loss, (logits, new_model_state)
 
 
+def value_and_grad(state: TrainState, batch: Batch) -> LossAndGrads:
+    """``jax.value_and_grad(loss_fn, has_aux=True)`` at ``state.params``: forward and backward."""
+    return jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch)
+
+
+def no_extra_metrics(params: PyTree, grads: PyTree, updates: PyTree) -> Metrics:
+    """Return no metrics: the plain step measures nothing beyond loss and accuracy."""
+    del params, grads, updates
+    return {}
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    grad_fn: GradFn = value_and_grad,
+    extra_metrics: ExtraMetrics = no_extra_metrics,
+) -> tuple[TrainState, Metrics]:
+    """Take one optimizer step on ``batch``; pure, meant to be ``jax.jit``-compiled.
+
+    ``grad_fn`` computes the loss and gradient (:func:`value_and_grad`, or the same in
+    parts: :func:`in_chunks`); ``extra_metrics`` adds measurements of the gradient and
+    update (:func:`gradient_statistics`). Both are static: each choice compiles apart.
+
+    Returns:
+        The new state (:func:`keep_if_finite`: unchanged but for ``nonfinite_step`` if
+        the loss or gradient is not finite) and the metrics: ``loss`` (mean over real
+        examples), ``correct`` and ``count`` (sums over real examples).
+    """
+    # PyTorch: output = net(data); loss = criterion(output, target); loss.backward()
+    (loss, (logits, model_state)), grads = grad_fn(state, batch)
+    # PyTorch: optimizer.step() -- computed, not applied in place; no zero_grad() needed.
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    stepped = state.replace(
+        step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
+    )
+    metrics = {
+        "loss": loss,
+        "correct": count_correct(logits, batch["label"], batch["mask"]),
+        "count": jnp.sum(batch["mask"]),
+        **extra_metrics(state.params, grads, updates),
+    }
+    return keep_if_finite(state, stepped, loss, grads), metrics
+
+
+def keep_if_finite(
+    state: TrainState, stepped: TrainState, loss: jax.Array, grads: PyTree
+) -> TrainState:
+    """Return ``stepped``, or ``state`` unchanged but for ``nonfinite_step`` after a bad step.
+
+    If the loss or any gradient is not finite, or an earlier step's was not, the step
+    changes nothing but ``nonfinite_step`` (the first bad step, counting from 1), so the
+    host can stop at the first bad step without waiting on the device after every step.
+    """
+    finite = jnp.isfinite(loss) & tree_all_finite(grads)
+    healthy = finite & (state.nonfinite_step == 0)
+    kept = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), stepped, state)
+    first_bad = (state.nonfinite_step == 0) & ~finite
+    return kept.replace(nonfinite_step=jnp.where(first_bad, state.step + 1, state.nonfinite_step))
+
+
+def tree_all_finite(tree: PyTree) -> jax.Array:
+    """Return a scalar bool: whether every element of every leaf of ``tree`` is finite."""
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def gradient_statistics(params: PyTree, grads: PyTree, updates: PyTree) -> Metrics:
+    """Return each layer's gradient norm (``grad_norm``) and update-to-parameter ratio."""
+    return {"grad_norm": layer_norms(grads), "update_ratio": update_ratios(params, updates)}
+
+
 def split_batch(batch: Batch, chunks: int) -> list[Batch]:
     """Split ``batch`` into ``chunks`` consecutive parts whose sizes differ by at most one."""
     size = batch["mask"].shape[0]
@@ -144,12 +169,10 @@ def split_batch(batch: Batch, chunks: int) -> list[Batch]:
     ]
 
 
-def value_and_grad_in_chunks(
-    state: TrainState, batch: Batch, chunks: int = 1
-) -> tuple[tuple[jax.Array, tuple[jax.Array, PyTree]], PyTree]:
-    """``jax.value_and_grad(loss_fn, has_aux=True)`` on ``batch``, in ``chunks`` independent parts.
+def value_and_grad_in_chunks(state: TrainState, batch: Batch, chunks: int = 1) -> LossAndGrads:
+    """:func:`value_and_grad` on ``batch``, in ``chunks`` independent parts.
 
-    With ``chunks`` 1 this is exactly ``value_and_grad``. With more, each part's loss
+    With ``chunks`` 1 this is exactly :func:`value_and_grad`. With more, each part's loss
     and gradient are computed apart and combined, weighted by the part's share of the
     batch's real examples, into the loss and gradient of the whole batch (equal up to
     float32 rounding). The parts share no intermediate value, so XLA:CPU can run them
@@ -160,9 +183,8 @@ def value_and_grad_in_chunks(
             which would then normalise each part on its own statistics.
 
     """
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if chunks == 1:
-        return grad_fn(state.params, state, batch)
+        return value_and_grad(state, batch)
     if state.model_state:
         raise ValueError(
             f"chunks={chunks} needs a model without batch statistics; "
@@ -171,7 +193,7 @@ def value_and_grad_in_chunks(
     parts = split_batch(batch, chunks)
     count = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
     weights = [jnp.sum(part["mask"]) / count for part in parts]
-    results = [grad_fn(state.params, state, part) for part in parts]
+    results = [value_and_grad(state, part) for part in parts]
     loss = sum(
         weight * part_loss for weight, ((part_loss, _), _) in zip(weights, results, strict=True)
     )
@@ -183,62 +205,20 @@ def value_and_grad_in_chunks(
     return (loss, (logits, state.model_state)), grads
 
 
+def in_chunks(chunks: int) -> GradFn:
+    """Return the ``grad_fn`` of :func:`train_step` that computes a batch in ``chunks`` parts."""
+    if chunks == 1:
+        return value_and_grad
+    return functools.partial(value_and_grad_in_chunks, chunks=chunks)
+
+
 def loss_and_gradients(state: TrainState, batch: Batch) -> tuple[jax.Array, PyTree]:
     """Return the batch loss and its gradient with respect to ``state.params``.
 
     This is ``loss.backward()`` as a function: nothing is stored anywhere.
     """
-    (loss, _), grads = value_and_grad_in_chunks(state, batch)
+    (loss, _), grads = value_and_grad(state, batch)
     return loss, grads
-
-
-def tree_all_finite(tree: PyTree) -> jax.Array:
-    """Return a scalar bool: whether every element of every leaf of ``tree`` is finite."""
-    return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
-
-
-def train_step(
-    state: TrainState, batch: Batch, with_grad_stats: bool = False, chunks: int = 1
-) -> tuple[TrainState, Metrics]:
-    """Take one optimizer step on ``batch``; pure, meant to be ``jax.jit``-compiled.
-
-    With ``with_grad_stats`` (a separate compilation), the metrics also hold each
-    layer's gradient norm (``grad_norm``) and update-to-parameter ratio
-    (``update_ratio``); the plain step computes neither. ``chunks`` (static) computes
-    the gradient in that many independent parts (:func:`value_and_grad_in_chunks`).
-
-    If the loss or any gradient is not finite, or an earlier step's was not, the step
-    changes nothing but ``nonfinite_step``, so the host can stop at the first bad step
-    without waiting on the device after every step.
-
-    Returns:
-        The new state and metrics: ``loss`` (mean over real examples), ``correct`` and
-        ``count`` (sums over real examples).
-    """
-    # PyTorch: output = net(data); loss = criterion(output, target); loss.backward()
-    (loss, (logits, model_state)), grads = value_and_grad_in_chunks(state, batch, chunks)
-    # PyTorch: optimizer.step() -- computed, not applied in place; no zero_grad() needed.
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    stepped = state.replace(
-        step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
-    )
-    finite = jnp.isfinite(loss) & tree_all_finite(grads)
-    healthy = finite & (state.nonfinite_step == 0)
-    new_state = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), stepped, state)
-    first_bad = (state.nonfinite_step == 0) & ~finite
-    new_state = new_state.replace(
-        nonfinite_step=jnp.where(first_bad, state.step + 1, state.nonfinite_step)
-    )
-    metrics = {
-        "loss": loss,
-        "correct": count_correct(logits, batch["label"], batch["mask"]),
-        "count": jnp.sum(batch["mask"]),
-    }
-    if with_grad_stats:
-        metrics["grad_norm"] = layer_norms(grads)
-        metrics["update_ratio"] = update_ratios(state.params, updates)
-    return new_state, metrics
 
 
 def predict_logits(state: TrainState, images: jax.Array) -> jax.Array:
@@ -280,21 +260,20 @@ def gather_batch(
     return {"image": images[indices], "label": labels[indices], "mask": mask}
 
 
-def train_stretch(
+def scan_steps(
     state: TrainState,
     images: jax.Array,
     labels: jax.Array,
     indices: jax.Array,
     masks: jax.Array,
-    with_grad_stats: bool = False,
-    chunks: int = 1,
+    step_fn: Callable[[TrainState, Batch], tuple[TrainState, Metrics]] = train_step,
+    last_step_fn: Callable[[TrainState, Batch], tuple[TrainState, Metrics]] = train_step,
 ) -> tuple[TrainState, Metrics]:
     """Take ``len(indices)`` steps in one compiled loop (``lax.scan``), without the host.
 
     The training split (``images``, ``labels``) stays on the device; step ``i`` trains
-    on rows ``indices[i]`` with ``masks[i]``, exactly as :func:`train_step` would (with
-    the same ``chunks``). The
-    last step runs outside the scan so that it alone can measure gradient statistics.
+    on rows ``indices[i]`` with ``masks[i]`` by ``step_fn``. The last step runs outside
+    the scan, by ``last_step_fn``, so that it alone can measure gradient statistics.
 
     Returns:
         The state after the last step, and metrics shaped like one step's: the last
@@ -305,12 +284,11 @@ def train_stretch(
     def one_step(
         state: TrainState, rows: tuple[jax.Array, jax.Array]
     ) -> tuple[TrainState, Metrics]:
-        state, metrics = train_step(state, gather_batch(images, labels, *rows), chunks=chunks)
+        state, metrics = step_fn(state, gather_batch(images, labels, *rows))
         return state, {"correct": metrics["correct"], "count": metrics["count"]}
 
     state, counted = jax.lax.scan(one_step, state, (indices[:-1], masks[:-1]))
-    last_batch = gather_batch(images, labels, indices[-1], masks[-1])
-    state, metrics = train_step(state, last_batch, with_grad_stats=with_grad_stats, chunks=chunks)
+    state, metrics = last_step_fn(state, gather_batch(images, labels, indices[-1], masks[-1]))
     metrics["correct"] = metrics["correct"] + jnp.sum(counted["correct"])
     metrics["count"] = metrics["count"] + jnp.sum(counted["count"])
     return state, metrics

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxcnn.config import UsageError
+from jaxcnn.errors import UsageError
 
 #: The seed's state_dict: key -> shape.
 SEED_STATE_DICT_SHAPES: dict[str, tuple[int, ...]] = {

@@ -13,12 +13,12 @@ import optax
 
 from jaxcnn import data
 from jaxcnn.config import TrainConfig
-from jaxcnn.loop import total_steps
+from jaxcnn.training.timetable import Timetable
 
 
 def planned_steps(config: TrainConfig) -> int:
     """Return the number of steps of ``config``'s whole run (its epochs, or max steps)."""
-    return total_steps(config, data.DATASETS[config.dataset].train_size)
+    return Timetable.of(config, data.DATASETS[config.dataset].train_size).total_steps
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:

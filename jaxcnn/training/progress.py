@@ -16,8 +16,8 @@ from tqdm import tqdm
 class Progress(Protocol):
     """What training reports its progress and log lines to."""
 
-    def advance(self, taken: int) -> None:
-        """Note that ``taken`` steps have been taken in all (per step or per chunk)."""
+    def advance(self, steps_done: int) -> None:
+        """Note that ``steps_done`` steps have been taken in all (per step or per scan)."""
 
     def show_loss(self, loss: float) -> None:
         """Show ``loss`` as the last known loss."""
@@ -35,7 +35,7 @@ class PlainLines:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def advance(self, taken: int) -> None:
+    def advance(self, steps_done: int) -> None:
         """Do nothing: there is no bar."""
 
     def show_loss(self, loss: float) -> None:
@@ -69,14 +69,14 @@ class EpochBars:
         self._bar: tqdm | None = None
         self._loss: str = ""
 
-    def advance(self, taken: int) -> None:
-        """Move the bars to ``taken`` steps, closing each epoch's bar at its end."""
-        while self._shown < taken:
+    def advance(self, steps_done: int) -> None:
+        """Move the bars to ``steps_done`` steps, closing each epoch's bar at its end."""
+        while self._shown < steps_done:
             epoch = self._shown // self.steps_in_epoch
             epoch_end = min((epoch + 1) * self.steps_in_epoch, self.total_steps)
             if self._bar is None:
                 self._bar = self._open(epoch, epoch_end)
-            upto = min(taken, epoch_end)
+            upto = min(steps_done, epoch_end)
             self._bar.update(upto - self._shown)
             self._shown = upto
             if upto == epoch_end:

@@ -1,29 +1,36 @@
-"""A convolution for one-channel images, formulated for XLA:CPU.
+"""The forms of convolution and pooling that XLA:CPU runs fast: chosen here, and why.
 
-XLA:CPU runs a convolution with a single input channel (the seed's first layer:
-28×28×1 → 16 channels, 5×5) as a generic convolution on one core, and slowly: 2.5 ms
-for a batch of 64 on this project's machines, for 40 MFLOP. Written instead as a sum
-of 25 shifted copies of the image, each times one row of the kernel, the same
-convolution is one fused elementwise loop, vectorised over the 16 output channels:
-about 0.5 ms.
+The models are written as the tutorial writes them: a convolution, a ReLU, a 2×2
+max-pooling. On a CPU, XLA runs two of these slowly in their usual form, so the layers
+of :mod:`jaxcnn.models.layers` compute them through this module instead, which gives the
+same values (and gradients) in a form XLA:CPU runs well. GPU and TPU keep the library's.
 
-Only the forward pass is rewritten. Its gradients (:func:`jax.custom_vjp`) are those
-of ``lax.conv_general_dilated``, which XLA:CPU computes well: the weight gradient is
-one convolution, and the input gradient, which the first layer never needs, is
-removed by XLA as dead code. The values agree with ``lax.conv_general_dilated`` up to
-the order of the float32 additions (``tests/test_models.py`` checks both the values
-and the gradients against it).
+**A convolution with one input channel** (the seed's first layer: 28×28×1 → 16
+channels, 5×5). XLA:CPU runs it as a generic convolution on one core, and slowly: 2.5 ms
+for a batch of 64 on this project's machines, for 40 MFLOP. Written instead as a sum of
+25 shifted copies of the image, each times one row of the kernel, the same convolution
+is one fused elementwise loop, vectorised over the 16 output channels: about 0.5 ms.
+Only the forward pass is rewritten. Its gradients (:func:`jax.custom_vjp`) are those of
+``lax.conv_general_dilated``, which XLA:CPU computes well: the weight gradient is one
+convolution, and the input gradient, which the first layer never needs, is removed by
+XLA as dead code. The values agree with ``lax.conv_general_dilated`` up to the order of
+the float32 additions (``tests/test_fastconv.py`` checks both the values and the
+gradients against it). :func:`conv_general_dilated` is a drop-in for
+``lax.conv_general_dilated`` (flax's ``nn.Conv(conv_general_dilated=...)``): it takes this
+form on CPU only, for the case it covers, and is ``lax.conv_general_dilated`` everywhere
+else.
 
-:func:`conv_general_dilated` is a drop-in for ``lax.conv_general_dilated`` (flax's
-``nn.Conv(conv_general_dilated=...)``): it takes this form on CPU only, for the case
-it covers, and is ``lax.conv_general_dilated`` everywhere else, so GPU and TPU keep
-their convolution libraries.
+**2×2 max-pooling with stride 2** (:func:`max_pool_2x2`). The gradient of
+``reduce_window`` lowers to select-and-scatter, and a reshape-then-``max`` reduction
+fused after a convolution runs several times slower than the convolution itself. So
+inference takes the elementwise maximum of each window's four strided corners, and
+training runs reshape-then-``max`` and its autodiff gradient, an elementwise mask.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -160,3 +167,48 @@ def conv_general_dilated(
     return lax.platform_dependent(
         lhs, rhs, cpu=lambda x, w: shifted_conv(x, w, pads), default=library
     )
+
+
+def _crop_even(x: jax.Array) -> jax.Array:
+    """Drop an odd trailing row and column of NHWC ``x``, as PyTorch's 2×2 pooling does."""
+    _, h, w, _ = x.shape
+    return x[:, : h - h % 2, : w - w % 2, :]
+
+
+def _window_max_by_reshape(x: jax.Array) -> jax.Array:
+    """2×2/2 max-pooling as reshape-then-``max``: the form whose gradient XLA:CPU runs well."""
+    x = _crop_even(x)
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """Max-pool NHWC ``x`` over 2×2 windows with stride 2 (PyTorch's ``MaxPool2d(2)``).
+
+    The same values as ``nn.max_pool``, in two forms chosen for XLA:CPU, where the
+    usual ones are slow: the gradient of ``reduce_window`` lowers to select-and-scatter,
+    and a reshape-then-``max`` reduction fused after a convolution runs several times
+    slower than the convolution itself. So inference (this function) takes the
+    elementwise maximum of each window's four strided corners, while training
+    (:func:`jax.custom_vjp`) runs reshape-then-``max`` and its autodiff gradient, an
+    elementwise mask. Either way each window's gradient goes to its maximum, shared
+    equally where several elements equal it (``jnp.max``'s rule). Odd trailing rows or
+    columns are dropped, as PyTorch does.
+    """
+    x = _crop_even(x)
+    corners = [x[:, row::2, col::2, :] for row in (0, 1) for col in (0, 1)]
+    return jnp.maximum(jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3]))
+
+
+def _max_pool_2x2_fwd(x: jax.Array) -> tuple[jax.Array, Callable[..., tuple[jax.Array]]]:
+    return jax.vjp(_window_max_by_reshape, x)
+
+
+def _max_pool_2x2_bwd(
+    pullback: Callable[..., tuple[jax.Array]], cotangent: jax.Array
+) -> tuple[jax.Array]:
+    return pullback(cotangent)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)

@@ -15,7 +15,7 @@ there torchvision's adaptive average pooling to 7×7 before the first dense laye
 224×224 it does nothing, and at other sizes the first dense layer reads whatever the
 last pooling leaves.
 
-Small images (a side under 64 pixels, see :func:`jaxcnn.layers.is_small_image`):
+Small images (a side under 64 pixels, see :func:`jaxcnn.models.layers.is_small_image`):
 
 - Five 2×2 poolings take 28 to 14, 7, 3, 1 and 0, so MNIST's 28×28 would vanish before
   the dense layers. The first convolution pads a side shorter than 32 up to 32 instead
@@ -33,7 +33,7 @@ from __future__ import annotations
 import jax
 from flax import linen as nn
 
-from jaxcnn.layers import MaxPool, is_small_image
+from jaxcnn.models.layers import MaxPool, is_small_image
 
 #: The hidden dense layers' weights: He-normal over fan-in (variance 2 / fan_in).
 he_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from jaxcnn.config import UsageError
+from jaxcnn.errors import UsageError
 
 #: Images drawn at most unless told otherwise (the most confident mistakes).
 DEFAULT_LIMIT = 100

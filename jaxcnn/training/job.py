@@ -1,0 +1,310 @@
+"""A training job: everything ``python -m jaxcnn.train`` does around the loop.
+
+:func:`run_job` joins the devices (and processes), checks and locks the work dir,
+restores the newest checkpoint, loads the data, compiles the steps, runs the loop
+(:func:`jaxcnn.training.loop.train_and_evaluate`) with its log lines, progress bar,
+TensorBoard and checkpoints, records the run's status and writes its summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+import jax
+
+from jaxcnn import data, tb
+from jaxcnn.config import TrainConfig
+from jaxcnn.errors import EXIT_NONFINITE, NonFiniteError, UsageError
+from jaxcnn.training import parallel, progress, workdir
+from jaxcnn.training.checkpoints import CHECKPOINT_DIR, Checkpoints
+from jaxcnn.training.compile import compile_steps, example_batches, resolve_chunks, resolve_loop
+from jaxcnn.training.evaluation import EvalResult
+from jaxcnn.training.loop import Hooks, LogRecord, LoopSetup, TrainResult, train_and_evaluate
+from jaxcnn.training.report import (
+    RunFacts,
+    format_grad_line,
+    format_log_line,
+    metrics_fields,
+    write_summary,
+)
+from jaxcnn.training.scan_loop import scan_shapes, train_and_evaluate_scanned
+from jaxcnn.training.signals import StopRequest, stop_on_signals
+from jaxcnn.training.state import TrainState, new_state
+from jaxcnn.training.timetable import Position, Timetable
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """What a job needs besides its config: where its files go, and what it runs on.
+
+    The meaning of each is the help of the ``python -m jaxcnn.train`` flag of its name.
+    """
+
+    workdir: Path | None
+    override: bool
+    show_progress: bool
+    debug_nans: bool
+    data_dir: str | None
+    manual_dir: str | None
+    devices: int | None
+    coordinator: str | None
+    num_processes: int
+    process_id: int
+    command: tuple[str, ...]  # the command line, to say how to resume
+
+
+@dataclasses.dataclass(frozen=True)
+class StartPoint:
+    """A checkpoint to continue from: its state, its position in the data, its step."""
+
+    state: TrainState
+    position: Position
+    step: int
+
+
+def run_job(config: TrainConfig, options: JobOptions) -> int:
+    """Run the training job of ``config``; return the process exit code.
+
+    In a multi-process run every process calls this; only process 0 prints and writes
+    the work dir's files, and all of them write their part of each checkpoint.
+    """
+    if options.debug_nans:
+        jax.config.update("jax_debug_nans", True)
+    placement = create_placement(options, config)
+    primary = jax.process_index() == 0
+    requested = options.workdir
+    with contextlib.ExitStack() as context:
+        saved = workdir.saved_config(requested, config, options.override)
+        if saved is not None and primary:  # a run is there: lock it before reading it
+            context.enter_context(workdir.exclusive(requested))
+        print(f"backend: {jax.default_backend()}, {describe_devices(placement)}", flush=True)
+        start = restore_latest(requested, config, placement)
+        if start or saved:
+            print(describe_start(start, requested), flush=True)
+        splits = data.load_dataset(
+            config.dataset,
+            data.resolve_data_dir(options.data_dir),
+            data.resolve_manual_dir(options.manual_dir),
+        )
+        resumed_step = start.step if start else 0
+        path = requested
+        if primary:
+            path = workdir.create(requested, config)
+            if saved is None:
+                context.enter_context(workdir.exclusive(path))
+            workdir.save_config(path, config, saved, resumed_step)
+            workdir.truncate_metrics(path, resumed_step)
+            tb.truncate(path / tb.TB_DIR, resumed_step)
+        parallel.barrier("workdir ready")
+        stop = StopRequest()
+        try:
+            status = (
+                workdir.recording_status(path, resumed_step)
+                if primary
+                else contextlib.nullcontext()
+            )
+            with status, stop_on_signals(stop):
+                result = run_training(
+                    config, splits, path, start, stop, placement, options.show_progress
+                )
+                if primary:
+                    stopped_by = signal_name(stop) if result.stopped else None
+                    workdir.record_end(path, result.steps, stopped_by, stop.exit_code)
+        except (NonFiniteError, FloatingPointError) as error:  # the latter: --debug-nans
+            print(f"{options.command[0]}: error: {nonfinite_message(error, path)}", file=sys.stderr)
+            return EXIT_NONFINITE
+        if result.stopped:
+            print(
+                f"stopped by {signal_name(stop)} after step {result.steps} (epoch "
+                f"{result.position.epoch}, batch {result.position.batch}); checkpoint saved in "
+                f"{path / CHECKPOINT_DIR}. Resume with: {resume_command(options, path)}",
+                flush=True,
+            )
+            return stop.exit_code
+    return 0
+
+
+def run_training(
+    config: TrainConfig,
+    splits: dict[str, data.Split],
+    path: Path,
+    start: StartPoint | None,
+    stop: StopRequest,
+    placement: parallel.Placement,
+    show_progress: bool = False,
+) -> TrainResult:
+    """Compile the steps and train from ``start`` (or from scratch) into ``path``.
+
+    Each log record becomes a log line (above a progress bar per epoch on a terminal,
+    with ``show_progress``), a line of ``metrics.jsonl`` and TensorBoard scalars.
+    """
+    if start is None:
+        position = Position(epoch=0, batch=0, seed=config.seed)
+        start = StartPoint(placement.replicate(new_state(config)), position, 0)
+    loop_kind = resolve_loop(config.loop)
+    chunks = resolve_chunks(config.chunks, start.state, placement, config.batch_size)
+    num_train = len(splits["train"])
+    compiled = compile_steps(
+        start.state,
+        *example_batches(config, splits, placement),
+        placement,
+        config.log_grads,
+        scan_shapes=scan_shapes(config, num_train, start.position) if loop_kind == "scan" else (),
+        train_split=splits["train"],
+        chunks=chunks,
+    )
+    print(
+        f"compiled train and eval steps in {compiled.seconds:.2f} s "
+        f"({loop_kind} loop, {chunks} chunk{'s' if chunks > 1 else ''} per batch)",
+        flush=True,
+    )
+    timetable = Timetable.of(config, num_train)
+    checkpoints = Checkpoints(path, keep=config.keep)
+    board = tb.Board(path / tb.TB_DIR, config)  # opens files lazily: in process 0 only
+    primary = jax.process_index() == 0
+    display = progress.for_stream(
+        show_progress,
+        sys.stdout,
+        timetable.steps_per_epoch,
+        timetable.total_steps,
+        timetable.steps_before(start.position.epoch, start.position.batch),
+    )
+
+    def on_log(record: LogRecord) -> None:
+        display.write(format_log_line(record, num_train, timetable.steps_per_epoch))
+        if record.grad_norm is not None:
+            display.write(format_grad_line(record))
+        display.show_loss(record.loss)
+        if primary:
+            workdir.append_metrics(path, metrics_fields(record))
+            board.write(record)
+
+    def on_checkpoint(state: TrainState, after: Position, test: EvalResult) -> None:
+        checkpoints.save(state, after, test.accuracy)
+        board.cut()  # a resumed run drops the event files after its checkpoint (jaxcnn.tb)
+
+    hooks = Hooks(on_log, on_checkpoint, stop_requested=stop, on_progress=display.advance)
+    loop = train_and_evaluate_scanned if loop_kind == "scan" else train_and_evaluate
+    setup = LoopSetup(config, splits, compiled, hooks, placement)
+    try:
+        result = loop(setup, start.state, start.position)
+    finally:
+        display.close()
+        board.close()
+        checkpoints.close()
+    if not result.stopped and primary:
+        facts = RunFacts(compiled.seconds, loop_kind, chunks, placement)
+        write_summary(path, config, result, facts)
+    return result
+
+
+def create_placement(options: JobOptions, config: TrainConfig) -> parallel.Placement:
+    """Join the multi-process run if one is asked for; return the devices' placement.
+
+    Raises:
+        UsageError: the process flags are inconsistent, a multi-process run has no
+            --workdir, or the batch size does not split among the devices.
+    """
+    if options.num_processes != 1 or options.coordinator:
+        if not options.coordinator:
+            raise UsageError(
+                f"--num-processes {options.num_processes} needs --coordinator HOST:PORT"
+            )
+        if not options.workdir:
+            raise UsageError(
+                "--coordinator: a multi-process run needs --workdir, a folder every process "
+                "can reach"
+            )
+        if options.process_id != 0:
+            discard_stdout()  # only process 0 prints; errors still reach stderr
+        parallel.initialize_distributed(
+            options.coordinator, options.num_processes, options.process_id
+        )
+    placement = parallel.create_placement(options.devices)
+    placement.check_batch_size("--batch-size", config.batch_size)
+    return placement
+
+
+def discard_stdout() -> None:
+    """Send this process's standard output, Python's and native libraries', to the null device."""
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def restore_latest(
+    path: Path | None, config: TrainConfig, placement: parallel.Placement
+) -> StartPoint | None:
+    """Return the newest checkpoint in ``path`` to continue from, placed on the devices."""
+    if path is None or not (path / CHECKPOINT_DIR).is_dir():
+        return None
+    checkpoints = Checkpoints(path, read_only=True)
+    try:
+        step = checkpoints.latest_step()
+        if step is None:
+            return None
+        like = placement.replicate(new_state(config))
+        state, position = checkpoints.restore(step, like=like)
+    finally:
+        checkpoints.close()
+    if position.seed != config.seed:
+        raise UsageError(
+            f"checkpoint step {step} in {path} was written with --seed {position.seed}; "
+            "its data order cannot continue under another seed"
+        )
+    return StartPoint(state=state, position=position, step=step)
+
+
+def signal_name(stop: StopRequest) -> str:
+    """Return the name of the signal that stopped the run (SIGTERM if another process got it)."""
+    return signal.Signals(stop.exit_code - 128).name
+
+
+def resume_command(options: JobOptions, path: Path) -> str:
+    """Return the command line that continues this run."""
+    prog, *argv = options.command
+    words = argv if options.workdir else [*argv, "--workdir", str(path)]
+    return " ".join([prog, *map(shlex.quote, words)])
+
+
+def describe_devices(placement: parallel.Placement) -> str:
+    """Say which devices the run uses, and in how many processes."""
+    devices = list(placement.mesh.devices.flat)
+    processes = f" in {placement.num_processes} processes" if placement.num_processes > 1 else ""
+    return f"devices: {devices}{processes}"
+
+
+def describe_start(start: StartPoint | None, path: Path) -> str:
+    """Say where a run in an existing work dir continues from."""
+    if start is None:
+        return f"no checkpoint in {path} yet: starting from step 0"
+    return (
+        f"resuming from the checkpoint at step {start.step} (epoch {start.position.epoch}, "
+        f"batch {start.position.batch}) in {path / CHECKPOINT_DIR}"
+    )
+
+
+def nonfinite_message(error: Exception, path: Path) -> str:
+    """Say where training went non-finite, which checkpoint is good, and what to try."""
+    checkpoints = Checkpoints(path, read_only=True)
+    kept = checkpoints.steps()
+    checkpoints.close()
+    last_good = (
+        f"the last good checkpoint is step {kept[-1]}"
+        if kept
+        else "no checkpoint was written before it"
+    )
+    first_line = str(error).splitlines()[0]
+    if isinstance(error, FloatingPointError):
+        return f"{first_line}; {last_good} in {path / CHECKPOINT_DIR}"
+    return (
+        f"{first_line}; {last_good} in {path / CHECKPOINT_DIR}; rerun with --debug-nans to "
+        "find the operation"
+    )
