@@ -5,22 +5,26 @@ Batches are drawn from a per-epoch permutation that is a pure function of
 (seed, epoch), and every batch has the same shape: the last one of an epoch is padded
 and carries a mask that is 0 on the padding, so a jitted step compiles once.
 
-Datasets are prepared in the ``array_record`` format, which tfds reads back without
-TensorFlow (jaxcnn decodes the PNGs with Pillow); TensorFlow is imported only while preparing,
-where tfds needs it to extract the ``.gz`` files. A dataset that an earlier tfds run
-prepared as ``tfrecord`` is read with TensorFlow instead.
+jaxcnn's own tfds builder (:mod:`jaxcnn.mnist_builder`) prepares a dataset once from the
+original idx files, without TensorFlow, as uint8 tensors in the ``array_record`` format,
+in ``<data_dir>/jaxcnn/<name>/<version>/``. Processes that find it unprepared take turns
+through a lock file, and tfds moves a dataset into place only when it is whole.
 
-Decoding 70,000 PNGs takes about 4 s, so the first read of a prepared split also keeps
-its decoded arrays beside it, in ``<data_dir>/<name>/<version>/jaxcnn_arrays/`` (55 MB
-for MNIST); later reads load those. A data dir that cannot be written is read the slow
-way every time; a missing or damaged arrays file is decoded again and rewritten.
+Reading 70,000 records back through tfds's data source takes a few seconds, so the first
+read of a prepared split also keeps its arrays beside it, in
+``<data_dir>/jaxcnn/<name>/<version>/jaxcnn_arrays/`` (55 MB for MNIST); later reads load
+those. A data dir that cannot be written is read the slow way every time; a missing or
+damaged arrays file is read again and rewritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import io
 import os
+import shutil
 import socket
 import tempfile
 import urllib.parse
@@ -143,70 +147,127 @@ def download_host_reachable(url: str, timeout: float = 5.0) -> bool:
 # ----------------------------------------------------------------------------- reading
 
 
-def _prepare(spec: DatasetSpec, data_dir: str | None, manual_dir: str | None):  # -> DatasetBuilder
-    """Return a prepared tfds builder for ``spec``, preparing it first if needed.
+def _builder(spec: DatasetSpec, data_dir: str | None):  # -> mnist_builder.IdxDatasets
+    """Return jaxcnn's tfds builder of ``spec``'s dataset in ``data_dir`` (None: tfds's)."""
+    from jaxcnn.mnist_builder import IdxDatasets  # imports tfds: only when data is read
 
-    Files extracted while preparing go to a temporary folder beside the dataset and are
-    deleted afterwards, so a prepared dataset costs only its own ~25 MB.
+    return IdxDatasets(config=spec.name, data_dir=data_dir, file_format="array_record")
+
+
+#: Prefix of the temporary folder, in a dataset's folder, that downloads go to.
+_DOWNLOADS_PREFIX = ".downloads-"
+
+
+@contextlib.contextmanager
+def _preparation_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder/.prepare.lock`` inside the block.
+
+    Processes preparing the same dataset take turns; the lock goes with the process, so
+    one that is killed never leaves it taken. (``fcntl``: POSIX only, as array_record.)
+
+    Raises:
+        DataError: the folder cannot be created or written.
+
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = os.open(folder / ".prepare.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise DataError(f"cannot prepare a dataset in {folder}: {error.strerror}") from error
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)  # releases the lock
+
+
+@contextlib.contextmanager
+def _tfds_quiet() -> Iterator[None]:
+    """Keep tfds's own output off the terminal while it prepares.
+
+    That is its "Downloading and preparing dataset Unknown size" lines (printed to
+    stdout) and its progress bars. Failures still arrive as exceptions.
     """
     import tensorflow_datasets as tfds
 
-    with absl_errors_only():  # tfds warns about the folders of a dataset not yet prepared
-        builder = tfds.builder(spec.name, data_dir=data_dir)
-        if builder.is_prepared():
-            return builder
+    tfds.disable_progress_bar()  # tfds has no way to ask whether they were on; jaxcnn never is
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete what killed preparations left in a dataset's folder.
+
+    That is tfds's ``incomplete.*`` folders and jaxcnn's download folders; call this only
+    while holding the preparation lock, when no other process is preparing.
+    """
+    for leftover in [*folder.glob("incomplete.*"), *folder.glob(f"{_DOWNLOADS_PREFIX}*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _prepare(spec: DatasetSpec, data_dir: str | None, manual_dir: str | None):  # -> IdxDatasets
+    """Return a prepared tfds builder for ``spec``, preparing it first if needed.
+
+    Downloads go to a temporary folder beside the dataset, deleted afterwards, so a
+    prepared dataset costs only its own ~25 MB. Any number of processes may call this
+    at once on one data dir: one prepares while the others wait, then read its result.
+    """
+    builder = _builder(spec, data_dir)
+    if builder.is_prepared():
+        return builder
+    root = Path(builder.data_dir_root)
     if manual_dir is None and not download_host_reachable(spec.url):
-        where = data_dir or tfds.core.constants.DATA_DIR
         raise DataError(
-            f"{spec.name} is not prepared in {where} and {spec.url} cannot be reached; to run "
+            f"{spec.name} is not prepared in {root} and {spec.url} cannot be reached; to run "
             f"offline, pass --manual-dir (or set ${MANUAL_DIR_ENV}) to a folder holding "
             f"{', '.join(spec.files)}"
         )
-    builder = tfds.builder(spec.name, data_dir=data_dir, file_format="array_record")
-    root = Path(builder.data_dir).parents[1]  # <data_dir>/<name>/<version> -> <data_dir>
-    root.mkdir(parents=True, exist_ok=True)
-    print(f"preparing {spec.name} in {root} from {manual_dir or spec.url} (once)", flush=True)
-    tfds.disable_progress_bar()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow, imported while preparing
-    with tempfile.TemporaryDirectory(dir=root, prefix=f".jaxcnn-{spec.name}-extract-") as tmp:
-        try:
-            builder.download_and_prepare(
-                download_dir=tmp,
-                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
-            )
-        except Exception as error:  # tfds raises many kinds; all mean the same to the user.
-            source = f"--manual-dir {manual_dir!r}" if manual_dir else spec.url
-            raise DataError(
-                f"could not prepare {spec.name} from {source}: {type(error).__name__}: {error}"
-            ) from error
+    folder = Path(builder.data_dir).parent  # <data_dir>/jaxcnn/<name>, beside <version>
+    with _preparation_lock(folder):
+        builder = _builder(spec, data_dir)  # another process may have prepared it meanwhile
+        if builder.is_prepared():
+            return builder
+        _remove_leftovers(folder)
+        print(f"preparing {spec.name} in {root} from {manual_dir or spec.url} (once)", flush=True)
+        import tensorflow_datasets as tfds
+
+        config = tfds.download.DownloadConfig(
+            manual_dir=manual_dir, force_checksums_validation=True
+        )
+        with (
+            tempfile.TemporaryDirectory(dir=folder, prefix=_DOWNLOADS_PREFIX) as downloads,
+            _tfds_quiet(),
+        ):
+            try:
+                builder.download_and_prepare(download_dir=downloads, download_config=config)
+            except Exception as error:  # tfds raises many kinds; all mean the same to the user.
+                source = f"--manual-dir {manual_dir!r}" if manual_dir else spec.url
+                raise DataError(
+                    f"could not prepare {spec.name} from {source}: {_one_line(error)}"
+                ) from error
     return builder
 
 
-def _read_split(builder, split: str) -> Split:  # builder: tfds DatasetBuilder
-    """Read a whole prepared split into memory."""
-    if builder.info.file_format.value == "array_record":
-        import tensorflow_datasets as tfds
-        from PIL import Image
-
-        source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-        records = source.__getitems__(range(len(source)))
-        images = np.stack([np.asarray(Image.open(io.BytesIO(r["image"]))) for r in records])
-        images = images.reshape(*images.shape[:3], -1)  # PNGs decode to (H, W) for one channel
-        labels = np.array([record["label"] for record in records])
-    else:
-        import tensorflow_datasets as tfds
-
-        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-        images, labels = arrays["image"], arrays["label"]
-    return Split(images=images.astype(np.uint8), labels=labels.astype(np.int32))
+def _one_line(error: Exception) -> str:
+    """Return ``error``'s type and message on one line (tfds's messages span several)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
-#: The folder, inside a prepared dataset's version folder, of its decoded splits.
+def _read_split(builder, split: str) -> Split:  # builder: a prepared IdxDatasets
+    """Read a whole prepared split into memory through tfds's data source."""
+    source = builder.as_data_source(split=split)
+    records = source.__getitems__(range(len(source)))  # one call: faster than one by one
+    images = np.stack([record["image"] for record in records])
+    labels = np.array([record["label"] for record in records], np.int32)
+    return Split(images=images, labels=labels)
+
+
+#: The folder, inside a prepared dataset's version folder, of its splits' arrays.
 ARRAYS_DIR = "jaxcnn_arrays"
 
 
-def _read_split_kept(builder, split: str) -> Split:  # builder: tfds DatasetBuilder
-    """Read a prepared split from its decoded arrays, decoding (and keeping) them if needed."""
+def _read_split_kept(builder, split: str) -> Split:  # builder: a prepared IdxDatasets
+    """Read a prepared split from its kept arrays, reading (and keeping) them if needed."""
     folder = Path(builder.data_dir) / ARRAYS_DIR
     path = folder / f"{split}.npz"
     expected = builder.info.splits[split].num_examples
@@ -216,17 +277,17 @@ def _read_split_kept(builder, split: str) -> Split:  # builder: tfds DatasetBuil
         if len(kept.images) == len(kept.labels) == expected and kept.images.dtype == np.uint8:
             return kept
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        pass  # not kept yet, or damaged: decode again
-    decoded = _read_split(builder, split)
+        pass  # not kept yet, or damaged: read again
+    read = _read_split(builder, split)
     try:
         folder.mkdir(exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{split}-", delete=False) as tmp:
-            np.savez(tmp, images=decoded.images, labels=decoded.labels)
+            np.savez(tmp, images=read.images, labels=read.labels)
         os.chmod(tmp.name, 0o644)  # readable by all, as tfds's own files
         os.replace(tmp.name, path)  # whole or not at all, even with another reader
     except OSError:
-        pass  # a read-only data dir: decode every time
-    return decoded
+        pass  # a read-only data dir: read through tfds every time
+    return read
 
 
 def load_dataset(
@@ -251,12 +312,13 @@ def load_dataset(
         raise DataError(f"--dataset {name!r} is unknown; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[name]
     check_locations(spec, data_dir, manual_dir)
-    builder = _prepare(spec, data_dir, manual_dir)
+    with absl_errors_only():  # tfds warns about the folders of a dataset not yet prepared
+        builder = _prepare(spec, data_dir, manual_dir)
     try:
         return {split: _read_split_kept(builder, split) for split in splits}
     except Exception as error:
         raise DataError(
-            f"could not read {name} from {builder.data_dir}: {type(error).__name__}: {error}"
+            f"could not read {name} from {builder.data_dir}: {_one_line(error)}"
         ) from error
 
 

@@ -49,7 +49,7 @@ def manual_dir() -> Path:
 def prepared_mnist(
     tmp_path_factory: pytest.TempPathFactory, manual_dir: Path
 ) -> tuple[Path, dict[str, data.Split]]:
-    """Return a tfds data dir with MNIST prepared from the real files (~20 s), and its splits."""
+    """Return a tfds data dir with MNIST prepared from the real files (~10 s), and its splits."""
     path = tmp_path_factory.mktemp("tfds")
     return path, data.load_dataset("mnist", str(path), str(manual_dir))
 
@@ -75,9 +75,14 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    return find_fashion_mnist_dir()
+
+
+@pytest.fixture(scope="session")
 def prepared_fashion_mnist(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path
 ) -> tuple[Path, dict[str, data.Split]]:
     """Return a tfds data dir with Fashion-MNIST prepared from the real files, and its splits."""
     path = tmp_path_factory.mktemp("tfds_fashion")
-    return path, data.load_dataset("fashion_mnist", str(path), str(find_fashion_mnist_dir()))
+    return path, data.load_dataset("fashion_mnist", str(path), str(fashion_mnist_dir))
