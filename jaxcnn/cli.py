@@ -20,9 +20,12 @@ from jaxcnn.data import (
 from jaxcnn.errors import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    EXIT_WRITE,
+    WRITE_ERRNOS,
     CheckpointError,
     DataError,
     UsageError,
+    WriteError,
 )
 
 #: How a config field's type is parsed from its flag's text, when its flag says nothing else.
@@ -152,6 +155,8 @@ def run_command(prog: str, main: Callable[[Sequence[str] | None], int]) -> Calla
 
     Input errors are bad flags (:class:`UsageError`), data that cannot be found or read
     (:class:`DataError`) and checkpoints that cannot be restored (:class:`CheckpointError`).
+    An output that cannot be written (a full disk, a read-only folder, a permission)
+    prints one line and returns :data:`EXIT_WRITE`.
     """
 
     def wrapped(argv: Sequence[str] | None = None) -> int:
@@ -160,6 +165,17 @@ def run_command(prog: str, main: Callable[[Sequence[str] | None], int]) -> Calla
         except (UsageError, DataError, CheckpointError) as error:
             print(f"{prog}: error: {error}", file=sys.stderr)
             return EXIT_USAGE
+        except WriteError as error:
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            return EXIT_WRITE
+        except OSError as error:
+            if error.errno not in WRITE_ERRNOS:
+                raise
+            print(
+                f"{prog}: error: could not write {error.filename}: {error.strerror}",
+                file=sys.stderr,
+            )
+            return EXIT_WRITE
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

@@ -30,6 +30,7 @@ from jaxcnn.cli import (
 )
 from jaxcnn.config import RECIPES, TrainConfig
 from jaxcnn.training.job import JobOptions, run_job
+from jaxcnn.training.resources import MEMORY_LIMIT_ENV
 
 PROG = "python -m jaxcnn.train"
 
@@ -42,6 +43,13 @@ def build_parser() -> ArgumentParser:
         "and optax.adam. Prints the backend and devices, then one line every --log-every "
         "batches: epoch, [images seen/total (percent)], batch loss, running train accuracy "
         "of the epoch, accuracy on the whole test set.",
+        epilog="Sizing a run: before the first step the job compares XLA's memory analysis "
+        "of the compiled steps, plus the data kept on the device, with the memory it can "
+        f"use (host RAM on a CPU, device memory on a GPU/TPU, or ${MEMORY_LIMIT_ENV} such as "
+        "8G if lower) and stops with exit 2 if the run cannot fit: lower --batch-size, "
+        "--eval-batch-size or choose a smaller --model. Exit codes: 0 done, 2 bad input "
+        "or a run that cannot fit, 3 non-finite loss or gradient, 4 a file could not be "
+        "written (the message says how to continue), 130/143 stopped by SIGINT/SIGTERM.",
     )
     recipes = "; ".join(
         f"'{name}': " + ", ".join(f"{value}" for value in recipe.values())

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxcnn.errors import CheckpointError
+from jaxcnn.errors import CheckpointError, WriteError, describe_os_error
 from jaxcnn.quiet import absl_errors_only
 from jaxcnn.training.parallel import host_value
 from jaxcnn.training.state import TrainState
@@ -113,20 +113,29 @@ class Checkpoints:
 
         A checkpoint saved without a test accuracy (a converted one, say) competes for
         the newest ``keep`` places only, not for the best.
+
+        Raises:
+            WriteError: the checkpoint could not be written whole. Orbax writes it in a
+                temporary folder, so the earlier checkpoints are as they were and the
+                partial one is never read; the next writable open deletes it.
         """
         tree = _state_tree(state)
         record = {**dataclasses.asdict(position), "state_sha256": tree_sha256(tree)}
-        self._manager.save(
-            int(host_value(state.step)),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(tree),
-                position=ocp.args.JsonSave(record),
-            ),
-            metrics=None if test_accuracy is None else {"test_accuracy": float(test_accuracy)},
-            force=True,
-        )
-        if jax.process_index() == 0:
-            _write_file_list(self.directory / str(int(host_value(state.step))))
+        step = int(host_value(state.step))
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(tree),
+                    position=ocp.args.JsonSave(record),
+                ),
+                metrics=None if test_accuracy is None else {"test_accuracy": float(test_accuracy)},
+                force=True,
+            )
+            if jax.process_index() == 0:
+                _write_file_list(self.directory / str(step))
+        except Exception as error:  # Orbax and tensorstore wrap the OS error in their own
+            raise WriteError(self.directory / str(step), describe_os_error(error)) from error
 
     def restore(self, step: int, like: TrainState) -> tuple[TrainState, Position]:
         """Return the state and position saved at ``step``, shaped and typed like ``like``.

@@ -20,10 +20,16 @@ import jax
 
 from jaxcnn import data, tb
 from jaxcnn.config import TrainConfig
-from jaxcnn.errors import EXIT_NONFINITE, NonFiniteError, UsageError
+from jaxcnn.errors import EXIT_NONFINITE, EXIT_WRITE, NonFiniteError, UsageError, WriteError
 from jaxcnn.training import parallel, progress, workdir
 from jaxcnn.training.checkpoints import CHECKPOINT_DIR, Checkpoints
-from jaxcnn.training.compile import compile_steps, example_batches, resolve_chunks, resolve_loop
+from jaxcnn.training.compile import (
+    CompiledSteps,
+    compile_steps,
+    example_batches,
+    resolve_chunks,
+    resolve_loop,
+)
 from jaxcnn.training.evaluation import EvalResult
 from jaxcnn.training.loop import Hooks, LogRecord, LoopSetup, TrainResult, train_and_evaluate
 from jaxcnn.training.report import (
@@ -33,6 +39,7 @@ from jaxcnn.training.report import (
     metrics_fields,
     write_summary,
 )
+from jaxcnn.training.resources import check_batch_sizes, check_memory
 from jaxcnn.training.scan_loop import scan_shapes, train_and_evaluate_scanned
 from jaxcnn.training.signals import StopRequest, stop_on_signals
 from jaxcnn.training.state import TrainState, new_state
@@ -92,26 +99,28 @@ def run_job(config: TrainConfig, options: JobOptions) -> int:
             data.resolve_data_dir(options.data_dir),
             data.resolve_manual_dir(options.manual_dir),
         )
-        resumed_step = start.step if start else 0
+        check_batch_sizes(config, splits)
+        start = start or StartPoint(
+            placement.replicate(new_state(config)), Position(0, 0, config.seed), 0
+        )
+        steps = compile_job_steps(config, splits, start, placement)  # before any write
         path = requested
-        if primary:
-            path = workdir.create(requested, config)
-            if saved is None:
-                context.enter_context(workdir.exclusive(path))
-            workdir.save_config(path, config, saved, resumed_step)
-            workdir.truncate_metrics(path, resumed_step)
-            tb.truncate(path / tb.TB_DIR, resumed_step)
-        parallel.barrier("workdir ready")
         stop = StopRequest()
         try:
+            if primary:
+                path = workdir.create(requested, config)
+                if saved is None:
+                    context.enter_context(workdir.exclusive(path))
+                workdir.save_config(path, config, saved, start.step)
+                workdir.truncate_metrics(path, start.step)
+                tb.truncate(path / tb.TB_DIR, start.step)
+            parallel.barrier("workdir ready")
             status = (
-                workdir.recording_status(path, resumed_step)
-                if primary
-                else contextlib.nullcontext()
+                workdir.recording_status(path, start.step) if primary else contextlib.nullcontext()
             )
             with status, stop_on_signals(stop):
                 result = run_training(
-                    config, splits, path, start, stop, placement, options.show_progress
+                    config, splits, path, start, steps, stop, placement, options.show_progress
                 )
                 if primary:
                     stopped_by = signal_name(stop) if result.stopped else None
@@ -119,6 +128,12 @@ def run_job(config: TrainConfig, options: JobOptions) -> int:
         except (NonFiniteError, FloatingPointError) as error:  # the latter: --debug-nans
             print(f"{options.command[0]}: error: {nonfinite_message(error, path)}", file=sys.stderr)
             return EXIT_NONFINITE
+        except WriteError as error:
+            print(
+                f"{options.command[0]}: error: {write_failure_message(error, path, options)}",
+                file=sys.stderr,
+            )
+            return EXIT_WRITE
         if result.stopped:
             print(
                 f"stopped by {signal_name(stop)} after step {result.steps} (epoch "
@@ -130,23 +145,27 @@ def run_job(config: TrainConfig, options: JobOptions) -> int:
     return 0
 
 
-def run_training(
+@dataclasses.dataclass(frozen=True)
+class JobSteps:
+    """The compiled steps of a job, and the choices they were compiled with."""
+
+    compiled: CompiledSteps
+    loop_kind: str
+    chunks: int
+
+
+def compile_job_steps(
     config: TrainConfig,
     splits: dict[str, data.Split],
-    path: Path,
-    start: StartPoint | None,
-    stop: StopRequest,
+    start: StartPoint,
     placement: parallel.Placement,
-    show_progress: bool = False,
-) -> TrainResult:
-    """Compile the steps and train from ``start`` (or from scratch) into ``path``.
+) -> JobSteps:
+    """Compile the job's steps, say so, and check that the run fits in memory.
 
-    Each log record becomes a log line (above a progress bar per epoch on a terminal,
-    with ``show_progress``), a line of ``metrics.jsonl`` and TensorBoard scalars.
+    Raises:
+        UsageError: the compiled steps and their data need more memory than there is
+            (see :mod:`jaxcnn.training.resources`).
     """
-    if start is None:
-        position = Position(epoch=0, batch=0, seed=config.seed)
-        start = StartPoint(placement.replicate(new_state(config)), position, 0)
     loop_kind = resolve_loop(config.loop)
     chunks = resolve_chunks(config.chunks, start.state, placement, config.batch_size)
     num_train = len(splits["train"])
@@ -164,6 +183,26 @@ def run_training(
         f"({loop_kind} loop, {chunks} chunk{'s' if chunks > 1 else ''} per batch)",
         flush=True,
     )
+    check_memory(config, splits, compiled, start.state, placement)
+    return JobSteps(compiled, loop_kind, chunks)
+
+
+def run_training(
+    config: TrainConfig,
+    splits: dict[str, data.Split],
+    path: Path,
+    start: StartPoint,
+    steps: JobSteps,
+    stop: StopRequest,
+    placement: parallel.Placement,
+    show_progress: bool = False,
+) -> TrainResult:
+    """Train from ``start`` with the compiled ``steps``, logging and checkpointing into ``path``.
+
+    Each log record becomes a log line (above a progress bar per epoch on a terminal,
+    with ``show_progress``), a line of ``metrics.jsonl`` and TensorBoard scalars.
+    """
+    compiled, num_train = steps.compiled, len(splits["train"])
     timetable = Timetable.of(config, num_train)
     checkpoints = Checkpoints(path, keep=config.keep)
     board = tb.Board(path / tb.TB_DIR, config)  # opens files lazily: in process 0 only
@@ -190,7 +229,7 @@ def run_training(
         board.cut()  # a resumed run drops the event files after its checkpoint (jaxcnn.tb)
 
     hooks = Hooks(on_log, on_checkpoint, stop_requested=stop, on_progress=display.advance)
-    loop = train_and_evaluate_scanned if loop_kind == "scan" else train_and_evaluate
+    loop = train_and_evaluate_scanned if steps.loop_kind == "scan" else train_and_evaluate
     setup = LoopSetup(config, splits, compiled, hooks, placement)
     try:
         result = loop(setup, start.state, start.position)
@@ -199,7 +238,7 @@ def run_training(
         board.close()
         checkpoints.close()
     if not result.stopped and primary:
-        facts = RunFacts(compiled.seconds, loop_kind, chunks, placement)
+        facts = RunFacts(compiled.seconds, steps.loop_kind, steps.chunks, placement)
         write_summary(path, config, result, facts)
     return result
 
@@ -291,20 +330,32 @@ def describe_start(start: StartPoint | None, path: Path) -> str:
     )
 
 
+def last_checkpoint(path: Path, kind: str) -> str:
+    """Say which ``kind`` (good, complete) checkpoint ``path`` holds last, or that there is none."""
+    kept = []
+    if (path / CHECKPOINT_DIR).is_dir():
+        checkpoints = Checkpoints(path, read_only=True)
+        kept = checkpoints.steps()
+        checkpoints.close()
+    if not kept:
+        return "no checkpoint was written before it"
+    return f"the last {kind} checkpoint is step {kept[-1]} in {path / CHECKPOINT_DIR}"
+
+
 def nonfinite_message(error: Exception, path: Path) -> str:
     """Say where training went non-finite, which checkpoint is good, and what to try."""
-    checkpoints = Checkpoints(path, read_only=True)
-    kept = checkpoints.steps()
-    checkpoints.close()
-    last_good = (
-        f"the last good checkpoint is step {kept[-1]}"
-        if kept
-        else "no checkpoint was written before it"
-    )
     first_line = str(error).splitlines()[0]
     if isinstance(error, FloatingPointError):
-        return f"{first_line}; {last_good} in {path / CHECKPOINT_DIR}"
-    return (
-        f"{first_line}; {last_good} in {path / CHECKPOINT_DIR}; rerun with --debug-nans to "
-        "find the operation"
+        return f"{first_line}; {last_checkpoint(path, 'good')}"
+    rerun = "rerun with --debug-nans to find the operation"
+    return f"{first_line}; {last_checkpoint(path, 'good')}; {rerun}"
+
+
+def write_failure_message(error: WriteError, path: Path | None, options: JobOptions) -> str:
+    """Say which file could not be written and why, what is safe, and how to continue."""
+    saved = "no checkpoint was written" if path is None else last_checkpoint(path, "complete")
+    status = (
+        "status.json says failed" if error.status_written else "status.json could not be updated"
     )
+    command = resume_command(options, path) if path is not None else " ".join(options.command)
+    return f"{error}; {status}; {saved}; once it can be written, continue with: {command}"

@@ -16,12 +16,21 @@ import contextlib
 import datetime
 import fcntl
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from jaxcnn.config import TrainConfig
-from jaxcnn.errors import EXIT_NONFINITE, CheckpointError, NonFiniteError, UsageError
+from jaxcnn.errors import (
+    EXIT_NONFINITE,
+    EXIT_WRITE,
+    CheckpointError,
+    NonFiniteError,
+    UsageError,
+    WriteError,
+    writing,
+)
 from jaxcnn.training.checkpoints import CHECKPOINT_DIR, Checkpoints
 from jaxcnn.training.state import TrainState, new_state
 from jaxcnn.training.timetable import Position
@@ -45,7 +54,9 @@ def exclusive(path: Path) -> Iterator[None]:
     Raises:
         UsageError: another process holds the lock.
     """
-    with (path / LOCK).open("a+") as lock:
+    with writing(path / LOCK):
+        lock = (path / LOCK).open("a+")
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as error:
@@ -91,10 +102,31 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:
-    """Write ``value`` as indented JSON to ``path``, via a temporary file and a rename."""
+    """Write ``value`` as indented JSON to ``path``, via a temporary file and a rename.
+
+    ``path`` holds the old or the new value, whole, whatever happens.
+
+    Raises:
+        WriteError: the file could not be written (the temporary file is removed).
+    """
+    replace_whole(path, json.dumps(value, indent=2) + "\n")
+
+
+def replace_whole(path: Path, text: str) -> None:
+    """Replace ``path``'s content by ``text`` through a temporary file and a rename.
+
+    Raises:
+        WriteError: the file could not be written (the temporary file is removed).
+    """
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
+    try:
+        with writing(path):
+            tmp.write_text(text)
+            tmp.replace(path)
+    except WriteError:
+        with contextlib.suppress(OSError):  # on a read-only disk there is none to remove
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_config(workdir: Path) -> TrainConfig | None:
@@ -113,9 +145,20 @@ def read_config(workdir: Path) -> TrainConfig | None:
 
 
 def append_metrics(workdir: Path, record: dict[str, Any]) -> None:
-    """Append one log record to ``metrics.jsonl``."""
-    with (workdir / METRICS).open("a") as metrics_file:
-        metrics_file.write(json.dumps(record) + "\n")
+    """Append one log record to ``metrics.jsonl``, whole or not at all.
+
+    Raises:
+        WriteError: the line could not be written; the file is cut back to its old end.
+    """
+    path = workdir / METRICS
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with writing(path), path.open("a") as metrics_file:
+            metrics_file.write(json.dumps(record) + "\n")
+    except WriteError:
+        with contextlib.suppress(OSError):  # a read-only file was not changed anyway
+            os.truncate(path, size)
+        raise
 
 
 def truncate_metrics(workdir: Path, last_step: int) -> int:
@@ -129,9 +172,8 @@ def truncate_metrics(workdir: Path, last_step: int) -> int:
         return 0
     lines = path.read_text().splitlines()
     kept = [line for line in lines if json.loads(line)["step"] <= last_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
+    if len(kept) < len(lines):
+        replace_whole(path, "".join(line + "\n" for line in kept))
     return len(lines) - len(kept)
 
 
@@ -203,14 +245,16 @@ def saved_config(path: Path | None, config: TrainConfig, override: bool) -> Trai
 def create(path: Path | None, config: TrainConfig) -> Path:
     """Create and return the work dir: ``path``, else a new ``runs/<time>-<dataset>-<model>``."""
     if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
+        with writing(path):
+            path.mkdir(parents=True, exist_ok=True)
         return path
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{stamp}-{config.dataset}-{config.model}"
     path, suffix = base, 1
     while path.exists():
         path, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
-    path.mkdir(parents=True)
+    with writing(path):
+        path.mkdir(parents=True)
     return path
 
 
@@ -243,6 +287,11 @@ def recording_status(path: Path, resumed_step: int) -> Iterator[None]:
         raise
     except KeyboardInterrupt:  # a second signal while stopping
         write_status(path, INTERRUPTED, None, reason="second signal")
+        raise
+    except WriteError as error:
+        with contextlib.suppress(WriteError):  # the disk may refuse this file too
+            write_status(path, FAILED, None, exit_code=EXIT_WRITE, reason=str(error))
+            error.status_written = True
         raise
     except Exception as error:
         write_status(path, FAILED, None, reason=type(error).__name__, message=str(error))
