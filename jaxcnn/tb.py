@@ -6,6 +6,14 @@ At every log point the run's values go in as scalars, against the step:
 since the previous sync point, test passes and checkpoints excluded) and, for runs
 with ``--log-grads``, ``grad_norm/<layer>`` and ``update_ratio/<layer>``.
 
+Each log point also holds an image, ``first_layer_kernels``: the first convolution's
+kernels after that step, one tile per kernel, red positive, blue negative, white 0,
+on one colour scale (±the largest weight). Runs with ``--log-grads`` add histograms,
+``weights/<leaf>`` (after the step) and ``gradients/<leaf>`` (the step's), for every
+parameter leaf such as ``conv1/conv/kernel`` (see :mod:`jaxcnn.histograms`). They go in
+as the ``image`` and ``histo`` values of a summary, which TensorBoard's
+``EventAccumulator`` returns from ``Images`` and ``Histograms`` and its plugins show.
+
 The events are written with TensorBoard's own package: its protocol buffers, its scalar
 summary and its record writer, which need neither TensorFlow nor PyTorch.
 
@@ -20,23 +28,41 @@ just as ``metrics.jsonl`` loses its lines after S, and writes those steps again.
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from pathlib import Path
 from typing import BinaryIO
 
+import jax
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from jaxcnn.config import TrainConfig
+from jaxcnn.data import DATASETS
+from jaxcnn.errors import writing
+from jaxcnn.histograms import Histogram
+from jaxcnn.inspection import features
 from jaxcnn.training.loop import LogRecord
 from jaxcnn.training.optim import learning_rate_schedule
+from jaxcnn.training.parallel import host_value
+from jaxcnn.training.state import TrainState
+from jaxcnn.training.step import Metrics
 
 #: The folder of a work dir that holds the event files.
 TB_DIR = "tb"
 _FILE_NAME = "events.out.tfevents.step{first:010d}.jaxcnn"
 _FILE_PATTERN = re.compile(r"events\.out\.tfevents\.step(\d+)\.jaxcnn")
+#: The tag of the first layer's kernels.
+KERNELS_TAG = "first_layer_kernels"
+#: Screen pixels per kernel weight, gap between kernels, and kernels per row in the image.
+PIXELS_PER_WEIGHT, KERNEL_GAP, KERNELS_PER_ROW = 8, 2, 8
+#: Colour of the gaps between kernels (RGB in [0, 1]): grey, apart from any weight's.
+GAP_COLOUR = (0.35, 0.35, 0.35)
 
 
 def learning_rate_at(config: TrainConfig, step: int) -> float:
@@ -59,6 +85,36 @@ def scalars_of(record: LogRecord, learning_rate: float) -> dict[str, float]:
         for layer, value in (getattr(record, group) or {}).items():
             scalars[f"{group}/{layer}"] = value
     return scalars
+
+
+def kernel_image(kernels: np.ndarray) -> summary_pb2.Summary.Image:
+    """Return HWIO ``kernels`` drawn as one PNG of tiles, shared colour scale centred at 0."""
+    tiles = features.kernel_tiles(kernels)
+    big = tiles.repeat(PIXELS_PER_WEIGHT, axis=1).repeat(PIXELS_PER_WEIGHT, axis=2)
+    grid = features.tile_grid(big, min(KERNELS_PER_ROW, len(tiles)), KERNEL_GAP)
+    limit = float(np.max(np.abs(tiles))) or 1.0
+    rgb = colormaps["RdBu_r"](0.5 + 0.5 * np.nan_to_num(grid) / limit)[..., :3]
+    rgb = np.where(np.isnan(grid)[..., None], GAP_COLOUR, rgb)
+    png = io.BytesIO()
+    Image.fromarray(np.round(255 * rgb).astype(np.uint8)).save(png, format="PNG")
+    height, width = grid.shape
+    return summary_pb2.Summary.Image(
+        height=height, width=width, colorspace=3, encoded_image_string=png.getvalue()
+    )
+
+
+def histogram_proto(histogram: Histogram) -> summary_pb2.HistogramProto:
+    """Return a histogram computed by :func:`jaxcnn.histograms.histogram` as TensorBoard's proto."""
+    counts = np.asarray(histogram["bucket"], np.float64)
+    return summary_pb2.HistogramProto(
+        min=float(histogram["min"]),
+        max=float(histogram["max"]),
+        num=float(counts.sum()),
+        sum=float(histogram["sum"]),
+        sum_squares=float(histogram["sum_squares"]),
+        bucket_limit=np.asarray(histogram["bucket_limit"], np.float64).tolist(),
+        bucket=counts.tolist(),
+    )
 
 
 def first_step_of(path: Path) -> int | None:
@@ -95,18 +151,44 @@ class Board:
         self.folder = folder
         self.config = config
         self._records: RecordWriter | None = None
+        self._first_conv: tuple[str, ...] | None = None
 
     def write(self, record: LogRecord) -> None:
         """Add the scalars of ``record`` at its step."""
-        if self._records is None:
-            self._records = _open_event_file(self.folder, record.step)
         scalars = scalars_of(record, learning_rate_at(self.config, record.step))
         summary = summary_pb2.Summary()
         for tag, value in scalars.items():
             summary.value.extend(scalar_pb(tag, value).value)
-        event = event_pb2.Event(wall_time=time.time(), step=record.step, summary=summary)
-        self._records.write(event.SerializeToString())
-        self._records.flush()
+        self._write_summary(record.step, summary)
+
+    def write_arrays(self, step: int, state: TrainState, metrics: Metrics) -> None:
+        """Add the first layer's kernels and any histograms in ``metrics`` at ``step``."""
+        summary = summary_pb2.Summary()
+        kernels = host_value(features.layer_kernel(state.params, self._first_conv_of(state)))
+        summary.value.add(tag=KERNELS_TAG, image=kernel_image(kernels))
+        for tag, histogram in metrics.get("histograms", {}).items():
+            summary.value.add(tag=tag, histo=histogram_proto(histogram))
+        self._write_summary(step, summary)
+
+    def _first_conv_of(self, state: TrainState) -> tuple[str, ...]:
+        """Return the path of the model's first convolution, found once (a forward pass)."""
+        if self._first_conv is None:
+            on_host = state.replace(
+                params=jax.tree.map(host_value, state.params),
+                model_state=jax.tree.map(host_value, state.model_state),
+            )
+            image_shape = DATASETS[self.config.dataset].image_shape
+            self._first_conv = features.first_conv_path(on_host, image_shape)
+        return self._first_conv
+
+    def _write_summary(self, step: int, summary: summary_pb2.Summary) -> None:
+        """Write ``summary`` at ``step`` into the current file (opened if none) and flush."""
+        with writing(self.folder):
+            if self._records is None:
+                self._records = _open_event_file(self.folder, step)
+            event = event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
+            self._records.write(event.SerializeToString())
+            self._records.flush()
 
     def cut(self) -> None:
         """Close the current file (at a checkpoint); the next record starts a new one."""

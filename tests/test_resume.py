@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.common import file_digests, read_scalars, run_cli
+from helpers.common import file_digests, read_pictures, read_scalars, run_cli
 
 from jaxcnn import train
 from jaxcnn.training import workdir as workdir_lib
@@ -87,6 +87,15 @@ def assert_same_tensorboard_steps(workdir: Path, reference: Path) -> None:
         assert [step for step, _ in resumed[tag]] == [step for step, _ in points], tag
     assert [s for s, _ in resumed["test/accuracy"]] == [1, 31, 61, 91]
     assert resumed["test/accuracy"] == expected["test/accuracy"]
+    resumed_images, expected_images = (
+        read_pictures(workdir / "tb")[0],
+        read_pictures(reference / "tb")[0],
+    )
+    assert [event.step for event in resumed_images["first_layer_kernels"]] == [1, 31, 61, 91]
+    for tag, events in expected_images.items():  # the same kernels, drawn the same
+        assert [e.encoded_image_string for e in resumed_images[tag]] == [
+            e.encoded_image_string for e in events
+        ], tag
 
 
 @pytest.mark.parametrize(

@@ -58,8 +58,13 @@ class CompiledSteps:
 
 def step_function(chunks: int, with_grad_stats: bool) -> StepFn:
     """Return :func:`train_step` computing each batch in ``chunks`` parts, measuring or not."""
-    extra_metrics = gradient_statistics if with_grad_stats else no_extra_metrics
-    return functools.partial(train_step, grad_fn=in_chunks(chunks), extra_metrics=extra_metrics)
+    grad_fn = in_chunks(chunks)
+    extra_metrics = (
+        functools.partial(gradient_statistics, grad_fn=grad_fn)
+        if with_grad_stats
+        else no_extra_metrics
+    )
+    return functools.partial(train_step, grad_fn=grad_fn, extra_metrics=extra_metrics)
 
 
 def compile_steps(

@@ -228,7 +228,13 @@ def run_training(
         checkpoints.save(state, after, test.accuracy)
         board.cut()  # a resumed run drops the event files after its checkpoint (jaxcnn.tb)
 
-    hooks = Hooks(on_log, on_checkpoint, stop_requested=stop, on_progress=display.advance)
+    hooks = Hooks(
+        on_log,
+        on_checkpoint,
+        stop_requested=stop,
+        on_progress=display.advance,
+        on_log_arrays=board.write_arrays if primary else Hooks.on_log_arrays,
+    )
     loop = train_and_evaluate_scanned if steps.loop_kind == "scan" else train_and_evaluate
     setup = LoopSetup(config, splits, compiled, hooks, placement)
     try:

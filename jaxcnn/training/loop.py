@@ -70,12 +70,16 @@ class Hooks:
         on_progress: called with the number of steps taken in all, from the host's
             counter (no device sync), after every step or, in the compiled loop, after
             each call of it.
+        on_log_arrays: called at every log point after ``on_log``, with the step, the
+            state and the log step's metrics read back to the host (with ``--log-grads``
+            they hold the weight and gradient histograms), for TensorBoard's pictures.
     """
 
     on_log: Callable[[LogRecord], None]
     on_checkpoint: Callable[[TrainState, Position, EvalResult], None]
     stop_requested: Callable[[], bool] = lambda: False
     on_progress: Callable[[int], None] = lambda steps_done: None
+    on_log_arrays: Callable[[int, TrainState, Metrics], None] = lambda step, state, metrics: None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +218,7 @@ class SyncPoints:
                     step_seconds=step_seconds,
                 )
             )
+            self.hooks.on_log_arrays(steps_done, state, fetched[-1])
         if self.stop or self.timetable.is_checkpoint_point(steps_done):
             self.hooks.on_checkpoint(state, self._position_after(epoch, batch), test)
         self.clock_start, self.clock_steps = time.perf_counter(), steps_done

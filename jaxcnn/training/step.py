@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcnn.histograms import tree_histograms
 from jaxcnn.training.state import TrainState
 from jaxcnn.trees import layer_norms, update_ratios
 
@@ -45,7 +46,8 @@ PyTree = Any
 LossAndGrads = tuple[tuple[jax.Array, tuple[jax.Array, PyTree]], PyTree]
 GradFn = Callable[[TrainState, Batch], LossAndGrads]
 #: Extra metrics of a step from ``(params, grads, updates)``; see :func:`gradient_statistics`.
-ExtraMetrics = Callable[[PyTree, PyTree, PyTree], Metrics]
+#: (state before the step, batch, gradient, updates, parameters after the step) -> metrics
+ExtraMetrics = Callable[[TrainState, Batch, PyTree, PyTree, PyTree], Metrics]
 
 
 def to_float_images(images: jax.Array) -> jax.Array:
@@ -93,9 +95,11 @@ def value_and_grad(state: TrainState, batch: Batch) -> LossAndGrads:
     return jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch)
 
 
-def no_extra_metrics(params: PyTree, grads: PyTree, updates: PyTree) -> Metrics:
+def no_extra_metrics(
+    state: TrainState, batch: Batch, grads: PyTree, updates: PyTree, new_params: PyTree
+) -> Metrics:
     """Return no metrics: the plain step measures nothing beyond loss and accuracy."""
-    del params, grads, updates
+    del state, batch, grads, updates, new_params
     return {}
 
 
@@ -124,13 +128,14 @@ def train_step(
     stepped = state.replace(
         step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
     )
+    new_state = keep_if_finite(state, stepped, loss, grads)
     metrics = {
         "loss": loss,
         "correct": count_correct(logits, batch["label"], batch["mask"]),
         "count": jnp.sum(batch["mask"]),
-        **extra_metrics(state.params, grads, updates),
+        **extra_metrics(state, batch, grads, updates, new_state.params),
     }
-    return keep_if_finite(state, stepped, loss, grads), metrics
+    return new_state, metrics
 
 
 def keep_if_finite(
@@ -154,9 +159,40 @@ def tree_all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def gradient_statistics(params: PyTree, grads: PyTree, updates: PyTree) -> Metrics:
-    """Return each layer's gradient norm (``grad_norm``) and update-to-parameter ratio."""
-    return {"grad_norm": layer_norms(grads), "update_ratio": update_ratios(params, updates)}
+def gradient_statistics(
+    state: TrainState,
+    batch: Batch,
+    grads: PyTree,
+    updates: PyTree,
+    new_params: PyTree,
+    grad_fn: GradFn = value_and_grad,
+) -> Metrics:
+    """Return each layer's gradient norm and update-to-parameter ratio, and histograms.
+
+    ``grad_norm`` and ``update_ratio`` per layer; ``histograms`` of every parameter
+    leaf's weights after the step and of its gradient (:mod:`jaxcnn.histograms`), the
+    latter from :func:`recomputed_gradients`.
+    """
+    gradients = recomputed_gradients(state, batch, grad_fn)
+    return {
+        "grad_norm": layer_norms(grads),
+        "update_ratio": update_ratios(state.params, updates),
+        "histograms": tree_histograms({"weights": new_params, "gradients": gradients}),
+    }
+
+
+def recomputed_gradients(state: TrainState, batch: Batch, grad_fn: GradFn) -> PyTree:
+    """Return the gradient of ``batch`` at ``state`` once more, computed apart from the step's.
+
+    For the histograms of a step with gradient statistics. Any further use of the step's
+    own gradient (even returning it) changes how XLA:CPU fuses the weighted sum of the
+    chunks' gradients with the update, and with it the last bits of the new parameters.
+    Computed again behind an optimization barrier, which XLA neither fuses across nor
+    merges with the first computation, it leaves the step's new parameters bitwise those
+    of the plain step, at the cost of a second gradient at those log points.
+    """
+    state, batch = jax.lax.optimization_barrier((state, batch))
+    return grad_fn(state, batch)[1]
 
 
 def split_batch(batch: Batch, chunks: int) -> list[Batch]:

@@ -53,3 +53,21 @@ def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
         for tag in accumulator.Tags()["tensors"]
         if (events := accumulator.Tensors(tag))
     }
+
+
+def read_pictures(folder: Path) -> tuple[dict, dict]:
+    """Return every image and histogram event by tag, as TensorBoard's reader returns them.
+
+    All events are kept (no sampling), and none is dropped for coming out of order, so a
+    step written twice would show twice.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(
+        str(folder), size_guidance={"images": 0, "histograms": 0}, purge_orphaned_data=False
+    )
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    images = {tag: accumulator.Images(tag) for tag in tags["images"]}
+    histograms = {tag: accumulator.Histograms(tag) for tag in tags["histograms"]}
+    return images, histograms
