@@ -95,8 +95,9 @@ def available_bytes(device: Any) -> tuple[int | None, str]:
         measured = None if limit is None else limit - stats.get("bytes_in_use", 0)
         source = f"free memory of {device}"
     cap = os.environ.get(MEMORY_LIMIT_ENV)
-    if cap and (measured is None or parse_bytes(cap) < measured):
-        return parse_bytes(cap), f"${MEMORY_LIMIT_ENV}={cap}"
+    limit = parse_bytes(cap) if cap else None
+    if limit is not None and (measured is None or limit < measured):
+        return limit, f"${MEMORY_LIMIT_ENV}={cap}"
     return measured, source
 
 
