@@ -8,7 +8,7 @@ Measures, alternating jaxcnn (A) and PyTorch (B) so that both see the same machi
 1. the train step at batch 64 (a batch gathered from the training set in memory, the
    forward pass, the gradient and the Adam update), per step, over ``--steps`` steps;
 2. the forward pass over the 10,000 test images, in batches of 1000;
-3. the seed's whole job, process start to finish (``python -m jaxcnn.train`` against
+3. the tutorial's whole job, process start to finish (``python -m jaxcnn.train`` against
    ``experiments/torch_seed.py``: ``--job-epochs`` epochs with a test pass every 100
    batches), with the dataset already prepared;
 4. the peak resident memory of each whole-job process.
@@ -111,7 +111,7 @@ class TorchWorker:
         self.order = torch.randperm(len(self.train[0]))
 
     def step(self, count: int) -> float:
-        """Return seconds per step over ``count`` steps of the seed's training loop body."""
+        """Return seconds per step over ``count`` steps of the tutorial's training loop body."""
         images, labels = self.train
         self.net.train()
         start = time.perf_counter()

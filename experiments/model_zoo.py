@@ -1,7 +1,7 @@
 """Train each model on MNIST and Fashion-MNIST and write the results table into README.md.
 
 Every run uses the training code of ``jaxcnn.train`` (the same state, compiled steps,
-data order and evaluation), batch 64 and Adam, with the settings in ``PLANS``: the seed's
+data order and evaluation), batch 64 and Adam, with the settings in ``PLANS``: the tutorial's
 CNN for its full 3 epochs and the full test set; VGG-16 and the ResNets, which take
 seconds per step on a 2-core CPU, for a stated number of steps and the first
 ``test_examples`` test images. Time per epoch is the measured training time (compiled
@@ -51,7 +51,7 @@ class Plan:
     """How long a model trains and on how much of the test set it is measured."""
 
     learning_rate: float
-    max_steps: int | None  # None: the seed's 3 epochs
+    max_steps: int | None  # None: the tutorial's 3 epochs
     test_examples: int
 
 

@@ -1,6 +1,6 @@
 """Run the default training job for several seeds and report the final test accuracies.
 
-The seed tutorial's result is one draw from a distribution: its weights and its shuffle
+The tutorial's result is one draw from a distribution: its weights and its shuffle
 are random. This runs ``python -m jaxcnn.train`` with the defaults for each ``--seeds``
 value (evaluating only at epoch starts, which leaves training unchanged) and prints
 each run's final test accuracy with their mean, minimum and maximum.

@@ -2,10 +2,10 @@
 
     python experiments/step_profile.py [--repeats 30]
 
-For each of the seed's two convolution blocks at batch 64 it times, as separate jitted
+For each of the tutorial's two convolution blocks at batch 64 it times, as separate jitted
 functions: the convolution, its input gradient, its weight gradient, and the whole block
 forward and backward in two orders that give the same numbers: conv + bias → ReLU →
-2×2 max-pool (the seed's, what ``jaxcnn.models`` computes) and conv → max-pool → bias →
+2×2 max-pool (the tutorial's, what ``jaxcnn.models`` computes) and conv → max-pool → bias →
 ReLU (which touches a quarter of the values after the convolution). For the first block,
 whose input needs no gradient, the block's backward pass is the weight gradient only.
 Medians, in ms.

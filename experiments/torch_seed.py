@@ -1,9 +1,9 @@
-"""The seed tutorial's PyTorch program, reading the original MNIST files: the reference.
+"""The tutorial's PyTorch program, reading the original MNIST files: the reference.
 
 Same model, loss, optimizer, batch size, shuffling and evaluation schedule as the
 seed (section 4.4), with two changes that do not alter the computation: the data come
 from the four original ``.gz`` files (no torchvision, no download), and ``--seed`` seeds
-the weights and the shuffle so that runs can be repeated. It prints the seed's log
+the weights and the shuffle so that runs can be repeated. It prints the tutorial's log
 line every ``--log-every`` batches and, at the end, the final test accuracy as JSON.
 
     python experiments/torch_seed.py --manual-dir ../shared/data/mnist [--seed 0]

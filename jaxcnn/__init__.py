@@ -1,4 +1,4 @@
-"""jaxcnn: the seed tutorial's MNIST CNN in JAX/Flax, with every part of a step in view.
+"""jaxcnn: the tutorial's MNIST CNN in JAX/Flax, with every part of a step in view.
 
 - :mod:`jaxcnn.models`: the networks (the tutorial's CNN in ``models/cnn.py``).
 - :mod:`jaxcnn.training`: the step (``training/step.py``), the loop

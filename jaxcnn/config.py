@@ -83,7 +83,7 @@ def flag(
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of a training run; the defaults are the seed tutorial's.
+    """Hyperparameters of a training run; the defaults are the PyTorch tutorial's.
 
     Each field's meaning is the ``help`` of its :func:`flag`, shown by
     ``python -m jaxcnn.train --help``.
@@ -231,13 +231,27 @@ class TrainConfig:
 #: other than constant, whose length follows the run's, its epochs and max steps).
 HYPERPARAMETERS = ("model", "dataset", "batch_size", "learning_rate", "seed", "schedule")
 
-#: Named sets of defaults for ``--recipe``; flags given explicitly win. ``seed`` is the
-#: tutorial's: :class:`TrainConfig`'s own defaults.
+#: Named sets of defaults for ``--recipe``; flags given explicitly win. ``tutorial`` is the
+#: PyTorch tutorial's: :class:`TrainConfig`'s own defaults. No run stores the recipe's name
+#: (``config.json`` holds the values it chose), so a name can change without breaking a run.
 RECIPES: dict[str, dict[str, Any]] = {
-    "seed": {
+    "tutorial": {
         field.name: field.default
         for field in dataclasses.fields(TrainConfig)
         if field.metadata["from_recipe"]
     },
     "fast": {"epochs": 3, "batch_size": 128, "learning_rate": 4e-3, "schedule": "one-cycle"},
 }
+
+#: Recipe names that were changed, and their new names: ``seed`` was easily taken for
+#: ``--seed``.
+RENAMED_RECIPES = {"seed": "tutorial"}
+
+
+def parse_recipe(text: str) -> str:
+    """Return the recipe named ``text``; an old name is refused with its new one."""
+    if text in RENAMED_RECIPES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is now called {RENAMED_RECIPES[text]!r} (the tutorial's settings)"
+        )
+    return text

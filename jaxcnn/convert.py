@@ -1,7 +1,7 @@
-"""``python -m jaxcnn.convert``: the seed's PyTorch weights into a jaxcnn checkpoint and back.
+"""``python -m jaxcnn.convert``: the tutorial's PyTorch weights into a jaxcnn checkpoint and back.
 
 ``--from-torch model.pt --workdir W`` turns ``torch.save(net.state_dict(), "model.pt")``
-of the seed's ``CNN`` into a new run in W: its ``config.json`` and a checkpoint at step 0
+of the tutorial's ``CNN`` into a new run in W: its ``config.json`` and a checkpoint at step 0
 (the converted weights, a fresh Adam state, the start of the data order), which
 ``jaxcnn.evaluate``, ``jaxcnn.predict``, ``jaxcnn.grads`` and a resumed ``jaxcnn.train``
 accept. ``--to-torch model.pt --workdir W [--step N]`` writes a checkpoint's weights as
@@ -31,7 +31,7 @@ def build_parser() -> ArgumentParser:
     """Return the command-line parser."""
     parser = ArgumentParser(
         prog=PROG,
-        description="Convert the seed tutorial's PyTorch CNN weights (a state_dict with "
+        description="Convert the tutorial's PyTorch CNN weights (a state_dict with "
         "conv1.0, conv2.0 and out) into a jaxcnn checkpoint, or a jaxcnn checkpoint into "
         "such a state_dict. Kernels go OIHW <-> HWIO and the dense layer's inputs C*H*W "
         "<-> H*W*C. Files are loaded with torch.load(weights_only=True): no code in them "
@@ -81,13 +81,13 @@ def from_torch(source: Path, path: Path, seed: int) -> int:
 
 
 def to_torch(target: Path, path: Path, step: int | None) -> int:
-    """Write the weights of a checkpoint in ``path`` to ``target`` as the seed's state_dict."""
+    """Write the weights of a checkpoint in ``path`` to ``target`` as the tutorial's state_dict."""
     torch_interop.require_torch()
     if target.exists():
         raise UsageError(f"--to-torch {str(target)!r} exists; choose a new file")
     config, state, _, restored = workdir.restore_run(path, step)
     if config.model != "cnn":
-        raise UsageError(f"--workdir {str(path)!r} holds a {config.model}, not the seed's cnn")
+        raise UsageError(f"--workdir {str(path)!r} holds a {config.model}, not the tutorial's cnn")
     torch_interop.save_state_dict(target, torch_interop.state_dict_from_params(state.params))
     print(f"wrote {target} from checkpoint step {restored} of {path}")
     return 0

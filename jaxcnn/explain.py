@@ -1,4 +1,4 @@
-"""``python -m jaxcnn.explain``: one training step of the seed's CNN, by hand, checked.
+"""``python -m jaxcnn.explain``: one training step of the tutorial's CNN, by hand, checked.
 
 The step by hand, in plain ``jax.numpy``, is :mod:`jaxcnn.inspection.hand_step`.
 """
@@ -23,7 +23,7 @@ def build_parser() -> ArgumentParser:
     """Return the command-line parser."""
     parser = ArgumentParser(
         prog=PROG,
-        description="Take one training step of the seed's CNN by hand, in plain "
+        description="Take one training step of the tutorial's CNN by hand, in plain "
         "jax.numpy (forward, every layer's backward, Adam), on a real batch, and print "
         "each stage with its largest difference from jax autodiff and from optax. Exit "
         f"code 1 if any relative difference exceeds {TOLERANCE:g}.",

@@ -1,4 +1,4 @@
-"""``python -m jaxcnn.summary``: a network layer by layer, with the seed's arithmetic.
+"""``python -m jaxcnn.summary``: a network layer by layer, with the tutorial's arithmetic.
 
 The arithmetic and the table are :mod:`jaxcnn.inspection.layer_shapes`.
 """
@@ -39,7 +39,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
         description="Print a network layer by layer: each layer's output shape, how it "
-        "follows from the seed's formula (W + 2P - K)/S + 1, and its parameter count "
+        "follows from the tutorial's formula (W + 2P - K)/S + 1, and its parameter count "
         "(F*K*K*C + F for a convolution), then the total. Shapes come from jax.eval_shape, "
         "so nothing is allocated.",
     )

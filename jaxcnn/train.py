@@ -1,7 +1,7 @@
-"""``python -m jaxcnn.train``: the seed tutorial's training job.
+"""``python -m jaxcnn.train``: the tutorial's training job.
 
-Trains the seed's CNN on MNIST with its settings (3 epochs, batch 64, Adam 1e-3),
-printing the seed's log line every 100 batches, and writes ``metrics.jsonl``,
+Trains the tutorial's CNN on MNIST with its settings (3 epochs, batch 64, Adam 1e-3),
+printing the tutorial's log line every 100 batches, and writes ``metrics.jsonl``,
 checkpoints and, at the end, ``summary.json`` to the work dir. Run again with the same
 work dir, it continues from the newest checkpoint.
 
@@ -28,7 +28,7 @@ from jaxcnn.cli import (
     flag_table,
     run_command,
 )
-from jaxcnn.config import RECIPES, TrainConfig
+from jaxcnn.config import RECIPES, TrainConfig, parse_recipe
 from jaxcnn.training.job import JobOptions, run_job
 from jaxcnn.training.resources import MEMORY_LIMIT_ENV
 
@@ -39,7 +39,7 @@ def build_parser() -> ArgumentParser:
     """Return the command-line parser; every flag's help says what it does."""
     parser = ArgumentParser(
         prog=PROG,
-        description="Train the seed tutorial's CNN with an explicit jax.value_and_grad step "
+        description="Train the tutorial's CNN with an explicit jax.value_and_grad step "
         "and optax.adam. Prints the backend and devices, then one line every --log-every "
         "batches: epoch, [images seen/total (percent)], batch loss, running train accuracy "
         "of the epoch, accuracy on the whole test set.",
@@ -57,10 +57,11 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--recipe",
+        type=parse_recipe,
         choices=tuple(RECIPES),
-        default="seed",
+        default="tutorial",
         help="a named set of defaults for --epochs, --batch-size, --learning-rate and "
-        f"--schedule ({recipes}); 'seed' is the tutorial's, 'fast' reaches 99%% sooner "
+        f"--schedule ({recipes}); 'tutorial' is the PyTorch tutorial's, 'fast' reaches 99%% sooner "
         "(see Speed in the README); flags given explicitly win (default: %(default)s)",
     )
     add_config_flags(parser, TrainConfig)

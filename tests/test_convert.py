@@ -1,4 +1,4 @@
-"""``jaxcnn.convert``: the seed's PyTorch state_dict into a jaxcnn checkpoint and back."""
+"""``jaxcnn.convert``: the tutorial's PyTorch state_dict into a jaxcnn checkpoint and back."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from helpers.common import run_cli, save_pngs
 
 from jaxcnn import data, evaluate, predict, train
 
-#: After 200 steps (12,800 images) the seed's CNN is at 78.86% on Fashion-MNIST's test
+#: After 200 steps (12,800 images) the tutorial's CNN is at 78.86% on Fashion-MNIST's test
 #: set with seed 0 here (75.00% after 100); chance is 10%, and a run on wrongly read
 #: data, or labels paired with the wrong images, stays far below.
 SHORT_RUN_MIN_ACCURACY = 0.72

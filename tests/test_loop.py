@@ -84,6 +84,7 @@ def test_the_compiled_loop_trains_like_the_python_loop(data_dir, tmp_path, capsy
     [
         (["--loop", "while"], "--loop: invalid choice: 'while'"),
         (["--recipe", "slow"], "--recipe: invalid choice: 'slow'"),
+        (["--recipe", "seed"], "--recipe: 'seed' is now called 'tutorial'"),
         (["--schedule", "linear"], "--schedule: invalid choice: 'linear'"),
     ],
 )
@@ -98,8 +99,10 @@ def test_the_fast_recipe_and_explicit_flags():
     config = train.config_from_args(args)
     assert (config.epochs, config.batch_size, config.schedule) == (1, 128, "one-cycle")
     assert config.learning_rate == 4e-3
-    seed = train.config_from_args(train.build_parser().parse_args([]))
-    assert seed == TrainConfig()
+    tutorial = train.config_from_args(train.build_parser().parse_args([]))
+    assert tutorial == TrainConfig()
+    named = train.build_parser().parse_args(["--recipe", "tutorial"])
+    assert train.config_from_args(named) == tutorial
 
 
 def test_the_one_cycle_schedule_rises_to_its_peak_then_falls_to_nearly_zero():

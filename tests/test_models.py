@@ -1,4 +1,4 @@
-"""The seed's CNN: layer shapes, parameter counts, PyTorch-style initialisation, pooling."""
+"""The tutorial's CNN: layer shapes, parameter counts, PyTorch-style initialisation, pooling."""
 
 from __future__ import annotations
 

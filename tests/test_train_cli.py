@@ -13,8 +13,8 @@ from helpers.common import run_cli
 
 from jaxcnn import data, train
 
-#: After 300 Adam steps (19,200 images, a third of an epoch) the seed's network is at
-#: 96.0% on the test set with seed 0 here (the seed's own log shows ~96% at that point
+#: After 300 Adam steps (19,200 images, a third of an epoch) the tutorial's network is at
+#: 96.0% on the test set with seed 0 here (the tutorial's own log shows ~96% at that point
 #: too). 93% leaves room for other platforms' float differences, yet a broken step, a
 #: wrong input scaling or a lost mask stays far below it (chance is 10%).
 SHORT_RUN_MIN_ACCURACY = 0.93

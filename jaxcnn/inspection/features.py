@@ -1,6 +1,6 @@
 """What a trained network computes, as arrays: kernels, feature maps, saliency.
 
-The seed tutorial (sections 2.2.x) explains convolution through pictures: a kernel
+The tutorial (sections 2.2.x) explains convolution through pictures: a kernel
 slides over the image, every kernel makes one feature map (特征图), and the maps stack
 into channels (28×28×1 → 14×14×16 → 7×7×32 in its CNN). This module returns those
 things for a trained state; :mod:`jaxcnn.visualize` draws them and :mod:`jaxcnn.tb`
@@ -9,7 +9,7 @@ puts the kernels into TensorBoard.
 - :func:`first_conv_path` and :func:`layer_kernel`: the weights of the first
   convolution the image meets, found by asking Flax (``capture_intermediates``) which
   ``nn.Conv`` runs first.
-- :func:`feature_maps`: the output of each convolution block (the seed's
+- :func:`feature_maps`: the output of each convolution block (the tutorial's
   Conv → ReLU → MaxPool, a VGG block, a ResNet basic block), read with Flax's
   ``capture_intermediates``, so they are the model's own values, not a re-computation.
 - :func:`logit_saliency` and :func:`loss_saliency`: ``jax.grad`` of a class's logit and of
@@ -39,7 +39,7 @@ from jaxcnn.training.state import TrainState
 
 #: The modules whose outputs are "the feature maps after a convolution block".
 BLOCK_TYPES: tuple[type[nn.Module], ...] = (ConvReluPool, VGGBlock, BasicBlock)
-#: Blocks returned by default: both of the seed's CNN, the first two of VGG-16 and ResNet.
+#: Blocks returned by default: both of the tutorial's CNN, the first two of VGG-16 and ResNet.
 DEFAULT_BLOCKS = 2
 
 Filter = Callable[[nn.Module, str], bool]
@@ -102,7 +102,7 @@ def feature_maps(
     Returns:
         The logits (N, classes), and ``{block path: maps (N, H, W, channels)}`` in the
         order the forward pass computes them, e.g. ``conv1`` (N, 14, 14, 16) and
-        ``conv2`` (N, 7, 7, 32) for the seed's CNN on MNIST.
+        ``conv2`` (N, 7, 7, 32) for the tutorial's CNN on MNIST.
     """
     logits, outputs = captured_outputs(state, images, is_block)
     return logits, dict(outputs[:blocks])
@@ -111,7 +111,7 @@ def feature_maps(
 def first_conv_path(state: TrainState, image_shape: tuple[int, int, int]) -> tuple[str, ...]:
     """Return the parameter path of the first convolution an image of ``image_shape`` meets.
 
-    For example ``("conv1", "conv")`` for the seed's CNN, ``("block1", "conv1")`` for
+    For example ``("conv1", "conv")`` for the tutorial's CNN, ``("block1", "conv1")`` for
     VGG-16 and ``("stem_conv",)`` for ResNet.
 
     Raises:
@@ -128,7 +128,7 @@ def layer_kernel(params: dict, path: tuple[str, ...]) -> jax.Array:
     """Return the ``kernel`` of the layer at ``path`` in ``params``.
 
     With :func:`first_conv_path`, the first layer's kernels, (height, width, in
-    channels, out channels): (5, 5, 1, 16) for the seed's CNN on MNIST, sixteen 5×5
+    channels, out channels): (5, 5, 1, 16) for the tutorial's CNN on MNIST, sixteen 5×5
     kernels on one channel.
     """
     for name in path:

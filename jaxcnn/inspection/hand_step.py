@@ -1,4 +1,4 @@
-"""One training step of the seed's CNN, taken apart by hand.
+"""One training step of the tutorial's CNN, taken apart by hand.
 
 ``loss.backward()`` and ``optimizer.step()`` are not magic: this module computes the
 forward pass, every layer's backward pass, and Adam's update in plain ``jax.numpy``,
@@ -159,7 +159,7 @@ def softmax_cross_entropy_backward(
 
 
 def forward(params: PyTree, images: jax.Array) -> dict[str, jax.Array]:
-    """Run the seed's CNN on float NHWC ``images``, keeping every intermediate value."""
+    """Run the tutorial's CNN on float NHWC ``images``, keeping every intermediate value."""
     acts = {"input": images}
     x = images
     for block in ("conv1", "conv2"):

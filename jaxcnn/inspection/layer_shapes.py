@@ -1,6 +1,6 @@
-"""A network layer by layer, with the seed's arithmetic (``python -m jaxcnn.summary``).
+"""A network layer by layer, with the tutorial's arithmetic (``python -m jaxcnn.summary``).
 
-The seed's section 2.2.4 gives the two formulas every row shows. A convolution (or
+The tutorial's section 2.2.4 gives the two formulas every row shows. A convolution (or
 pooling) with kernel K, stride S and padding P turns a side of length W into
 
     (W + 2P − K)/S + 1      (rounded down when S does not divide it)
@@ -83,7 +83,7 @@ def conv_parameters(in_channels: int, filters: int, kernel: int, bias: bool = Tr
 
 
 def size_formula(size: int, kernel: int, stride: int, padding: int | Pad) -> str:
-    """Return the seed's formula for one side, worked out.
+    """Return the tutorial's formula for one side, worked out.
 
     >>> size_formula(32, kernel=5, stride=1, padding=2)
     '(32 + 2*2 - 5)/1 + 1 = 32'

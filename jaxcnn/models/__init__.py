@@ -3,7 +3,7 @@
 No training logic lives here, and nothing here imports from :mod:`jaxcnn.training`.
 Every model is called as ``model(images, train=..., mask=...)`` on NHWC images in
 [0, 1] and returns logits. ``train`` and ``mask`` (1 for a real example, 0 for the
-padding of a last, partial batch) do nothing for the seed's CNN; they are part of the
+padding of a last, partial batch) do nothing for the tutorial's CNN; they are part of the
 signature so that models with BatchNorm (ResNet) fit the same training step: batch
 statistics in training, over the real examples only, running ones in evaluation.
 

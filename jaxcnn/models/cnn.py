@@ -1,4 +1,4 @@
-"""The seed tutorial's CNN, layer for layer.
+"""The tutorial's CNN, layer for layer.
 
 The tutorial's PyTorch network::
 
@@ -42,13 +42,13 @@ class ConvReluPool(nn.Module):
 
 
 class CNN(nn.Module):
-    """The seed tutorial's MNIST network, in NHWC.
+    """The tutorial's MNIST network, in NHWC.
 
     ``Conv(16, 5×5, pad 2) → ReLU → MaxPool 2 → Conv(32, 5×5, pad 2) → ReLU → MaxPool 2 →
     flatten → Dense(10)``: 28×28×1 → 14×14×16 → 7×7×32 → 1568 → 10, with
     416 + 12,832 + 15,690 = 28,938 parameters. Weights and biases are initialised as
     PyTorch's ``Conv2d`` and ``Linear`` do by default (uniform in ±1/sqrt(fan_in)), so the
-    reimplementation starts from the seed's distribution. The names follow the seed's
+    reimplementation starts from the tutorial's distribution. The names follow the tutorial's
     ``conv1``, ``conv2`` and ``out``.
 
     Note that flattening is in H×W×C order; PyTorch's ``view`` flattens C×H×W, so the
@@ -62,7 +62,7 @@ class CNN(nn.Module):
         self, images: jax.Array, train: bool = False, mask: jax.Array | None = None
     ) -> jax.Array:
         """Return logits of shape ``(batch, num_classes)`` for NHWC float ``images``."""
-        del train, mask  # No dropout or BatchNorm in the seed's network.
+        del train, mask  # No dropout or BatchNorm in the tutorial's network.
         x = ConvReluPool(16, name="conv1")(images)
         x = ConvReluPool(32, name="conv2")(x)
         x = x.reshape(x.shape[0], -1)

@@ -5,7 +5,7 @@ max-pooling. On a CPU, XLA runs two of these slowly in their usual form, so the 
 of :mod:`jaxcnn.models.layers` compute them through this module instead, which gives the
 same values (and gradients) in a form XLA:CPU runs well. GPU and TPU keep the library's.
 
-**A convolution with one input channel** (the seed's first layer: 28×28×1 → 16
+**A convolution with one input channel** (the tutorial's first layer: 28×28×1 → 16
 channels, 5×5). XLA:CPU runs it as a generic convolution on one core, and slowly: 2.5 ms
 for a batch of 64 on this project's machines, for 40 MFLOP. Written instead as a sum of
 25 shifted copies of the image, each times one row of the kernel, the same convolution

@@ -4,7 +4,7 @@
 their default initialisation. Pooling has no parameters, but it is written as a module
 (``MaxPool``, ``GlobalAveragePool``) so that it is a layer of its own in
 ``python -m jaxcnn.summary``, with its window, stride and padding, like a convolution.
-The seed's convolution and 2×2 pooling are computed in the forms that
+The tutorial's convolution and 2×2 pooling are computed in the forms that
 :mod:`jaxcnn.models.cpu_forms` chooses for XLA:CPU (same values; that module says why).
 """
 
@@ -79,7 +79,7 @@ he_normal_fan_out: Initializer = nn.initializers.variance_scaling(2.0, "fan_out"
 class MaxPool(nn.Module):
     """``window``×``window`` max-pooling with ``stride``, padded by ``padding`` (with -inf).
 
-    The seed's 2×2, stride 2, unpadded pooling runs as
+    The tutorial's 2×2, stride 2, unpadded pooling runs as
     :func:`jaxcnn.models.cpu_forms.max_pool_2x2`; any other as ``nn.max_pool``.
     """
 

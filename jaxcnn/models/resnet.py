@@ -1,6 +1,6 @@
 """ResNet-18 and ResNet-34 with basic residual blocks and BatchNorm, in NHWC.
 
-The seed's section 3.2: a deeper network is not always better, but one whose blocks
+The tutorial's section 3.2: a deeper network is not always better, but one whose blocks
 can pass their input straight through (``relu(F(x) + x)``) is at least no worse than a
 shallower one. Each basic block is two 3×3 convolutions with BatchNorm; its shortcut is
 the identity where the shape is kept, and a 1×1 convolution with stride 2 plus

@@ -1,6 +1,6 @@
-"""PyTorch interop: the seed's ``state_dict`` to jaxcnn parameters and back.
+"""PyTorch interop: the tutorial's ``state_dict`` to jaxcnn parameters and back.
 
-The seed's ``CNN`` names its layers ``conv1.0``, ``conv2.0`` and ``out``. Two layouts
+The tutorial's ``CNN`` names its layers ``conv1.0``, ``conv2.0`` and ``out``. Two layouts
 differ between the frameworks:
 
 - convolution kernels: PyTorch stores them OIHW (out, in, height, width), Flax HWIO;
@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxcnn.errors import UsageError
 
-#: The seed's state_dict: key -> shape.
+#: The tutorial's state_dict: key -> shape.
 SEED_STATE_DICT_SHAPES: dict[str, tuple[int, ...]] = {
     "conv1.0.weight": (16, 1, 5, 5),
     "conv1.0.bias": (16,),
@@ -47,7 +47,7 @@ def require_torch() -> Any:
 
 
 def params_from_state_dict(state_dict: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Return jaxcnn's CNN parameters holding the seed's ``state_dict`` (NumPy arrays)."""
+    """Return jaxcnn's CNN parameters holding the tutorial's ``state_dict`` (NumPy arrays)."""
     conv = {
         block: {
             "conv": {
@@ -64,7 +64,7 @@ def params_from_state_dict(state_dict: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def state_dict_from_params(params: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Return the seed's ``state_dict`` (NumPy arrays) for jaxcnn's CNN parameters."""
+    """Return the tutorial's ``state_dict`` (NumPy arrays) for jaxcnn's CNN parameters."""
     state_dict = {}
     for block in ("conv1", "conv2"):
         layer = params[block]["conv"]
@@ -103,7 +103,7 @@ def check_state_dict(state_dict: dict[str, np.ndarray], source: str) -> None:
     if wrong:
         problems.append("wrong shapes " + ", ".join(wrong))
     if problems:
-        raise UsageError(f"{source} is not the seed CNN's state_dict: " + "; ".join(problems))
+        raise UsageError(f"{source} is not the tutorial CNN's state_dict: " + "; ".join(problems))
 
 
 def load_state_dict(path: Path) -> dict[str, np.ndarray]:
@@ -113,7 +113,7 @@ def load_state_dict(path: Path) -> dict[str, np.ndarray]:
 
     Raises:
         UsageError: the file is missing, not loadable as weights, not a dict of tensors,
-            or not the seed's keys and shapes.
+            or not the tutorial's keys and shapes.
     """
     torch = require_torch()
     if not path.is_file():
@@ -136,13 +136,13 @@ def load_state_dict(path: Path) -> dict[str, np.ndarray]:
 
 
 def save_state_dict(path: Path, state_dict: dict[str, np.ndarray]) -> None:
-    """Write ``state_dict`` with ``torch.save``, as the seed's ``net.state_dict()`` would be."""
+    """Write ``state_dict`` with ``torch.save``, as the tutorial's ``net.state_dict()`` would be."""
     torch = require_torch()
     torch.save({key: torch.from_numpy(value.copy()) for key, value in state_dict.items()}, path)
 
 
 def seed_cnn() -> Any:
-    """Return a new instance of the seed tutorial's PyTorch ``CNN`` (section 4.4)."""
+    """Return a new instance of the tutorial's PyTorch ``CNN`` (section 4.4)."""
     torch = require_torch()
     nn = torch.nn
 

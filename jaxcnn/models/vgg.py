@@ -1,4 +1,4 @@
-"""VGG-16, as the seed's section 3.1 gives it, in NHWC.
+"""VGG-16, as the tutorial's section 3.1 gives it, in NHWC.
 
 Thirteen 3×3 convolutions (stride 1, padding 1, each followed by ReLU) in blocks of 2,
 2, 3, 3 and 3, each block followed by 2×2 max-pooling with stride 2, then FC-4096,
@@ -10,7 +10,7 @@ activations' scale through each ReLU layer) and the last layer's LeCun-normal, b
 torchvision draws the convolutions over fan-out and the dense layers with standard
 deviation 0.01; with those, on 28×28 digits, Adam left the loss at ln 10 for the first
 25 steps (batch 32, learning rate 1e-3 and 1e-4), while with these it falls. There is no
-dropout: the seed lists none, and the training step carries no dropout key. Nor is
+dropout: the tutorial lists none, and the training step carries no dropout key. Nor is
 there torchvision's adaptive average pooling to 7×7 before the first dense layer; at
 224×224 it does nothing, and at other sizes the first dense layer reads whatever the
 last pooling leaves.
@@ -38,7 +38,7 @@ from jaxcnn.models.layers import MaxPool, is_small_image
 #: The hidden dense layers' weights: He-normal over fan-in (variance 2 / fan_in).
 he_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
-#: Output channels of the 13 convolutions, block by block: the seed's 2, 2, 3, 3, 3.
+#: Output channels of the 13 convolutions, block by block: the tutorial's 2, 2, 3, 3, 3.
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = (
     (64, 64),
     (128, 128),
@@ -46,7 +46,7 @@ VGG16_BLOCKS: tuple[tuple[int, ...], ...] = (
     (512, 512, 512),
     (512, 512, 512),
 )
-#: Width of the two hidden dense layers: the seed's for 224×224, and for small images.
+#: Width of the two hidden dense layers: the tutorial's for 224×224, and for small images.
 FC_FEATURES = 4096
 SMALL_FC_FEATURES = 512
 #: The side a small image is padded up to, so that five poolings leave 1×1.

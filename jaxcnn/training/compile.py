@@ -174,7 +174,7 @@ def resolve_loop(kind: str) -> str:
 #: Parts per batch on a CPU when ``--chunks`` is auto. XLA:CPU runs each convolution on
 #: one core but runs independent ones side by side, so a batch computed as independent
 #: parts (:func:`jaxcnn.training.step.in_chunks`) keeps both cores of this project's
-#: machines busy: the seed's step at batch 64 took 13.1 ms whole, 10.9 ms in 2 parts,
+#: machines busy: the tutorial's step at batch 64 took 13.1 ms whole, 10.9 ms in 2 parts,
 #: 8.8 ms in 4, and 11.0 ms in 8; the forward pass over the test set, in batches of 1000,
 #: took 843 ms whole and 560 ms in 4 parts.
 CPU_CHUNKS = 4

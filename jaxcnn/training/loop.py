@@ -1,6 +1,6 @@
 """The training loop: for each epoch, for each batch, one step; the host reads back rarely.
 
-:func:`train_and_evaluate` is the seed's ``for epoch ...: for step, (x, y) in
+:func:`train_and_evaluate` is the tutorial's ``for epoch ...: for step, (x, y) in
 enumerate(loader): ...`` loop. It feeds fixed-shape batches to the compiled step and
 reads values back from the devices only at sync points: log points, checkpoints, a stop
 request, the end. Everything done there is :meth:`SyncPoints.at_sync_point`: fetch the

@@ -1,6 +1,6 @@
 """The optimizer and its learning-rate schedule, built from the config.
 
-The seed's optimizer is ``optim.Adam(lr=0.001)``: :func:`create_optimizer` returns
+The tutorial's optimizer is ``optim.Adam(lr=0.001)``: :func:`create_optimizer` returns
 ``optax.adam`` with a constant rate for it. The fast recipe (``--recipe fast``) uses a
 one-cycle schedule instead: the rate rises from ``learning_rate / 25`` to
 ``learning_rate`` over the first quarter of training and then anneals (cosine) to
@@ -37,7 +37,7 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
 def create_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Return Adam with ``config``'s learning rate or schedule.
 
-    A constant rate is passed as a number, which is exactly the seed's optimizer
+    A constant rate is passed as a number, which is exactly the tutorial's optimizer
     (and keeps checkpoints of constant-rate runs unchanged); a schedule adds a step
     counter to Adam's state.
     """

@@ -1,4 +1,4 @@
-"""What a run says about itself: the seed's log line, ``metrics.jsonl`` and ``summary.json``."""
+"""What a run says about itself: the tutorial's log line, ``metrics.jsonl`` and ``summary.json``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from jaxcnn.training.parallel import Placement
 
 
 def format_log_line(record: LogRecord, num_train: int, steps_per_epoch: int) -> str:
-    """Return the seed's log line for ``record`` (its fields, in English)."""
+    """Return the tutorial's log line for ``record`` (its fields, in English)."""
     percent = 100.0 * record.batch / steps_per_epoch
     return (
         f"epoch {record.epoch} [{record.images_seen}/{num_train} ({percent:.0f}%)]\t"

@@ -26,7 +26,7 @@ class TrainState:
         step: number of optimizer steps taken.
         params: the model's ``params`` collection.
         model_state: the model's other variable collections (for example BatchNorm's
-            ``batch_stats``); empty for the seed's CNN.
+            ``batch_stats``); empty for the tutorial's CNN.
         opt_state: the optimizer's state (Adam's moments and step count).
         nonfinite_step: 0 while every step's loss and gradient were finite; else the
             step (counting from 1) at which one was not. From that step on the state is

@@ -1,6 +1,6 @@
 """The pure step functions: where PyTorch's black box is opened.
 
-The seed's training step reads::
+The tutorial's training step reads::
 
     output = net(data)                   # forward
     loss = criterion(output, target)     # cross-entropy

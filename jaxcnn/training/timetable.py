@@ -1,7 +1,7 @@
 """When a run logs, checkpoints and ends: the arithmetic of steps, batches and epochs.
 
 Steps are counted from 1 in all (``steps_done`` after a step); batches from 0 within
-their epoch, as the seed's log line counts them.
+their epoch, as the tutorial's log line counts them.
 """
 
 from __future__ import annotations
