@@ -93,6 +93,7 @@ def params_sha256(workdir: Path) -> str:
     return json.loads((workdir / "summary.json").read_text())["params_sha256"]
 
 
+@pytest.mark.slow
 def test_two_processes_prepare_one_fresh_data_dir_at_once(data_dir, manual_dir, tmp_path):
     fresh = tmp_path / "tfds"
     fresh.mkdir()
@@ -112,6 +113,7 @@ def test_two_processes_prepare_one_fresh_data_dir_at_once(data_dir, manual_dir, 
         assert not any(chatter in out + err for chatter in TFDS_CHATTER), out + err
 
 
+@pytest.mark.slow
 def test_preparing_training_and_evaluating_never_import_tensorflow(manual_dir, tmp_path):
     fresh, run = tmp_path / "tfds", tmp_path / "run"
     fresh.mkdir()
@@ -129,6 +131,7 @@ def test_preparing_training_and_evaluating_never_import_tensorflow(manual_dir, t
     assert out.splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow
 def test_a_killed_preparation_leaves_nothing_that_is_read_as_data(
     mnist, manual_dir, tmp_path, capsys
 ):

@@ -59,6 +59,7 @@ def run_steps(data_dir: Path, workdir: Path, *flags: str) -> Path:
     return workdir
 
 
+@pytest.mark.slow
 def test_the_compiled_loop_trains_like_the_python_loop(data_dir, tmp_path, capsys):
     python = run_steps(data_dir, tmp_path / "python", "--loop", "python", "--log-grads")
     scan = run_steps(data_dir, tmp_path / "scan", "--loop", "scan", "--log-grads")

@@ -78,6 +78,7 @@ def one_device(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return workdir
 
 
+@pytest.mark.slow
 def test_eight_devices_train_like_one(one_device, data_dir, tmp_path):
     workdir = tmp_path / "run"
     args = [*STEPS, "--devices", "8", "--data-dir", str(data_dir), "--workdir", str(workdir)]
@@ -87,6 +88,7 @@ def test_eight_devices_train_like_one(one_device, data_dir, tmp_path):
     assert_same_training(workdir, one_device)
 
 
+@pytest.mark.slow
 def test_the_sharded_step_all_reduces_the_gradients():
     process = subprocess.run(
         [sys.executable, str(HELPERS / "sharded_step_hlo.py"), "8"],
@@ -119,6 +121,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(
     one_device, data_dir, tmp_path
 ):

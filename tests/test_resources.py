@@ -93,6 +93,7 @@ def assert_one_line_naming(process: subprocess.CompletedProcess, *words: str) ->
     return lines[0]
 
 
+@pytest.mark.slow
 def test_full_disk_ends_with_one_line_and_the_resume_is_exact(
     as_root, data_dir, reference, tmp_path
 ):
@@ -136,6 +137,7 @@ def wait_for_checkpoint(workdir: Path, step: int, process: subprocess.Popen) -> 
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_work_dir_made_read_only_mid_run_ends_with_one_line_and_resumes_exactly(
     as_root, data_dir, reference, tmp_path
 ):
@@ -182,6 +184,7 @@ def test_a_batch_larger_than_its_split_is_refused_before_any_allocation(
     assert file_digests(workdir) == before
 
 
+@pytest.mark.slow
 def test_a_run_that_cannot_fit_its_memory_stops_at_once(data_dir, tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()

@@ -23,6 +23,9 @@ from helpers.common import file_digests, read_pictures, read_scalars, run_cli
 from jaxcnn import train
 from jaxcnn.training import workdir as workdir_lib
 
+#: Every test here trains in processes it signals, kills and resumes.
+pytestmark = pytest.mark.slow
+
 STEPS = 120
 RUN_FLAGS = ["--max-steps", str(STEPS), "--checkpoint-every", "40", "--log-every", "30"]
 HELPER = Path(__file__).parent / "helpers" / "kill_mid_save.py"

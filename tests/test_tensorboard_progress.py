@@ -129,6 +129,7 @@ def run_in_terminal(args: list[str]) -> tuple[int, str]:
     return process.wait(), b"".join(chunks).decode()
 
 
+@pytest.mark.slow
 def test_a_terminal_gets_a_bar_under_the_unchanged_log_lines(data_dir, tmp_path):
     argv = ["--max-steps", "30", "--log-every", "10", "--data-dir", str(data_dir)]
     code, shown = run_in_terminal([*argv, "--workdir", str(tmp_path / "run")])

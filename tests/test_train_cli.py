@@ -31,6 +31,7 @@ def run_module(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
+@pytest.mark.slow
 def test_short_run_on_real_mnist_learns_and_writes_its_outputs(data_dir, tmp_path):
     workdir = tmp_path / "run"
     result = run_module(

@@ -147,7 +147,12 @@ def test_saliency_equals_central_finite_differences_in_float64(state, mnist, ind
 @pytest.mark.parametrize(
     ("name", "first_conv", "blocks"),
     [
-        ("vgg16", ("block1", "conv1"), {"block1": (1, 16, 16, 64), "block2": (1, 8, 8, 128)}),
+        pytest.param(
+            "vgg16",
+            ("block1", "conv1"),
+            {"block1": (1, 16, 16, 64), "block2": (1, 8, 8, 128)},
+            marks=pytest.mark.slow,
+        ),
         (
             "resnet18",
             ("stem_conv",),

@@ -153,7 +153,14 @@ def first_batch(split: data.Split, real: int = BATCH) -> steps.Batch:
     return data.make_batch(split, indices, mask)
 
 
-@pytest.mark.parametrize("name", ["vgg16", "resnet18", "resnet34"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("vgg16", marks=pytest.mark.slow),
+        "resnet18",
+        pytest.param("resnet34", marks=pytest.mark.slow),
+    ],
+)
 def test_each_model_learns_real_digits_in_a_few_steps(name, mnist):
     """Five steps on one batch of real digits (the last 4 of 16 padding) bring its loss down."""
     state = new_state(name)
@@ -220,6 +227,7 @@ def resnet_run(mnist, tmp_path_factory):
     return path, splits, result
 
 
+@pytest.mark.slow
 def test_resnet_checkpoint_round_trips_its_batchnorm_statistics(resnet_run):
     path, _, result = resnet_run
     assert result.steps == 4  # 60 = 3 x 16 + 12: the last batch is padded
@@ -240,6 +248,7 @@ def test_resnet_checkpoint_round_trips_its_batchnorm_statistics(resnet_run):
     )
 
 
+@pytest.mark.slow
 def test_evaluation_uses_and_keeps_the_running_statistics(resnet_run):
     path, splits, result = resnet_run
     _, state, _, _ = workdir.restore_run(path)
