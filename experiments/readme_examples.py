@@ -183,7 +183,13 @@ def main() -> None:
         for path in INPUTS:
             shutil.copytree(REPO / path, folder / path)
         data_dir = args.data_dir or prepared_data_dir(Path(temp) / "tfds", args.manual_dir)
-        env = {**os.environ, "TFDS_DATA_DIR": data_dir, "JAXCNN_MANUAL_DIR": args.manual_dir}
+        env = {
+            **os.environ,
+            "TFDS_DATA_DIR": data_dir,
+            "JAXCNN_MANUAL_DIR": args.manual_dir,
+            # a new user's cache: empty at the first command (see jaxcnn.compilation_cache)
+            "JAXCNN_COMPILATION_CACHE": str(Path(temp) / "xla-cache"),
+        }
         where = machine()
         rendered = {
             block.name: render(block, [run(e.command, folder, env) for e in block.examples], where)

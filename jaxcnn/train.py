@@ -28,6 +28,7 @@ from jaxcnn.cli import (
     flag_table,
     run_command,
 )
+from jaxcnn.compilation_cache import CACHE_ENV, configure
 from jaxcnn.config import RECIPES, TrainConfig, parse_recipe
 from jaxcnn.training.job import JobOptions, run_job
 from jaxcnn.training.resources import MEMORY_LIMIT_ENV
@@ -90,6 +91,14 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="turn on jax_debug_nans, so a NaN stops at the operation that made it (slow)",
     )
+    parser.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="compile everything afresh and keep nothing: without this flag the compiled "
+        f"steps are kept in ${CACHE_ENV} (a folder, or 'off'), else "
+        "$XDG_CACHE_HOME/jaxcnn/xla or ~/.cache/jaxcnn/xla, and a second run of the same "
+        "job loads them instead of compiling",
+    )
     add_parallel_flags(parser)
     return parser
 
@@ -147,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the training job; return the process exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    configure(turned_off=args.no_compilation_cache)
     options = JobOptions(
         workdir=Path(args.workdir) if args.workdir else None,
         override=args.override,

@@ -39,6 +39,7 @@ from jaxcnn.cli import (
     load_data,
     run_command,
 )
+from jaxcnn.compilation_cache import configure
 from jaxcnn.config import TrainConfig
 from jaxcnn.errors import UsageError
 from jaxcnn.inspection import features
@@ -305,6 +306,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Draw the pictures; return the process exit code."""
     args = build_parser().parse_args(argv)
+    configure()  # JAX's persistent compilation cache (jaxcnn.compilation_cache)
     if args.out is not None and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out!r} is not an existing folder")
     if args.test_index is not None and args.test_index < 0:

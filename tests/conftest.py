@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jaxcnn import data, train
+from jaxcnn.compilation_cache import CACHE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 #: Scripts the tests run as processes; not test modules (--doctest-modules would import them).
@@ -38,6 +40,18 @@ def find_fashion_mnist_dir() -> Path:
             f"{missing}), beside the MNIST folder"
         )
     return candidate
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One compilation cache for the session and the processes it starts, in a temp folder.
+
+    The tests never write to ~/.cache, and a step compiled by one test is loaded by the next.
+    """
+    path = tmp_path_factory.mktemp("xla-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -151,3 +151,38 @@ def test_the_readme_flag_table_is_made_from_the_flags():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert train.readme_flag_table() in readme
     assert "| `--batch-size B` | the recipe's, 64 | training examples per step" in readme
+
+
+def compiled_line(output: str) -> str:
+    """Return the job's "compiled train and eval steps ..." line."""
+    return next(line for line in output.splitlines() if line.startswith("compiled "))
+
+
+def test_a_second_run_loads_its_steps_from_the_compilation_cache(
+    data_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("JAXCNN_COMPILATION_CACHE", str(tmp_path / "cache"))
+    argv = ["--max-steps", "2", "--log-every", "1", "--data-dir", str(data_dir)]
+    lines, digests = [], []
+    for name, extra in (("first", []), ("second", []), ("off", ["--no-compilation-cache"])):
+        assert train.cli_main([*argv, *extra, "--workdir", str(tmp_path / name)]) == 0
+        lines.append(compiled_line(capsys.readouterr().out))
+        digests.append(json.loads((tmp_path / name / "summary.json").read_text())["params_sha256"])
+    first, second, off = (line.split("; ")[-1] for line in lines)
+    assert first.startswith("0 of ") and first.endswith(" from the compilation cache)")
+    requests = first.split()[2]
+    assert second == f"{requests} of {requests} from the compilation cache)"
+    assert off == "compilation cache off)"
+    assert any((tmp_path / "cache").iterdir())
+    assert digests[0] == digests[1] == digests[2]
+
+
+def test_an_unusable_compilation_cache_folder_is_refused(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("JAXCNN_COMPILATION_CACHE", str(blocker / "cache"))
+    workdir = tmp_path / "run"
+    assert run_cli(train.cli_main, ["--max-steps", "1", "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "$JAXCNN_COMPILATION_CACHE" in err
+    assert str(blocker / "cache") in err and not workdir.exists()

@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 
 from jaxcnn import data, tb
+from jaxcnn.compilation_cache import counting_cache_hits
 from jaxcnn.config import TrainConfig
 from jaxcnn.errors import EXIT_NONFINITE, EXIT_WRITE, NonFiniteError, UsageError, WriteError
 from jaxcnn.training import parallel, progress, workdir
@@ -169,18 +170,22 @@ def compile_job_steps(
     loop_kind = resolve_loop(config.loop)
     chunks = resolve_chunks(config.chunks, start.state, placement, config.batch_size)
     num_train = len(splits["train"])
-    compiled = compile_steps(
-        start.state,
-        *example_batches(config, splits, placement),
-        placement,
-        config.log_grads,
-        scan_shapes=scan_shapes(config, num_train, start.position) if loop_kind == "scan" else (),
-        train_split=splits["train"],
-        chunks=chunks,
-    )
+    with counting_cache_hits() as cache:
+        compiled = compile_steps(
+            start.state,
+            *example_batches(config, splits, placement),
+            placement,
+            config.log_grads,
+            scan_shapes=scan_shapes(config, num_train, start.position)
+            if loop_kind == "scan"
+            else (),
+            train_split=splits["train"],
+            chunks=chunks,
+        )
     print(
         f"compiled train and eval steps in {compiled.seconds:.2f} s "
-        f"({loop_kind} loop, {chunks} chunk{'s' if chunks > 1 else ''} per batch)",
+        f"({loop_kind} loop, {chunks} chunk{'s' if chunks > 1 else ''} per batch; "
+        f"{cache.describe()})",
         flush=True,
     )
     check_memory(config, splits, compiled, start.state, placement)
