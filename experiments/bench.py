@@ -11,7 +11,12 @@ Measures, alternating jaxcnn (A) and PyTorch (B) so that both see the same machi
 3. the tutorial's whole job, process start to finish (``python -m jaxcnn.train`` against
    ``experiments/torch_seed.py``: ``--job-epochs`` epochs with a test pass every 100
    batches), with the dataset already prepared;
-4. the peak resident memory of each whole-job process.
+4. the peak resident memory of each whole-job process;
+5. the tutorial's own program (``experiments/tutorial_program.py``: torchvision's MNIST
+   and DataLoader, as the tutorial prints it) against ``python -m jaxcnn.train``, whole
+   process, ``--job-epochs`` epochs, with where each one's time goes: imports, data,
+   initialisation, compilation, training, test passes, exit (``--tutorial-python``: a
+   Python with torch and torchvision; ``--tutorial-rounds 0`` skips it).
 
 (1) and (2) run in two long-lived worker processes, one per framework, that take turns:
 while one measures, the other waits on its input. Each figure is the median over
@@ -202,6 +207,79 @@ def run_job(command: list[str]) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1e6  # ru_maxrss is in kB on Linux
 
 
+def run_logged(
+    command: list[str], env: dict[str, str]
+) -> tuple[float, float, list[tuple[float, str]]]:
+    """Run ``command`` to its end; return its wall seconds, peak memory in GB and, for each
+    line it printed, the seconds since launch at which the line arrived (with its text)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+    lines = [(time.perf_counter() - start, line) for line in process.stdout]
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed")
+    return seconds, usage.ru_maxrss / 1e6, lines
+
+
+def jaxcnn_phases(args: argparse.Namespace, workdir: str) -> dict[str, float]:
+    """Run the tutorial's job with ``python -m jaxcnn.train``; return where its time went.
+
+    The phases come from the arrival of its lines (``backend:`` once imported, ``compiled``
+    once the data is loaded, the state initialised and the steps compiled, ``done:``
+    once trained) and from ``summary.json`` (compilation, training, test passes).
+    """
+    command = [sys.executable, "-m", "jaxcnn.train", "--manual-dir", args.manual_dir]
+    command += ["--data-dir", args.data_dir, "--epochs", str(args.job_epochs)]
+    command += ["--workdir", workdir, "--no-progress"]
+    wall, memory, lines = run_logged(command, {**os.environ, "PYTHONUNBUFFERED": "1"})
+    at = {text.split()[0]: t for t, text in reversed(lines) if text.split()}  # first of each
+    summary = json.loads((Path(workdir) / "summary.json").read_text())
+    compile_seconds, tests = summary["compile_seconds"], summary["test_pass_seconds"]
+    return phases(
+        wall,
+        memory,
+        imports=at["backend:"],
+        data_and_init=at["compiled"] - at["backend:"] - compile_seconds,
+        compile=compile_seconds,
+        training=summary["train_seconds"] - tests,
+        tests=tests,
+    )
+
+
+def tutorial_phases(args: argparse.Namespace, scratch: str) -> dict[str, float]:
+    """Run the tutorial's own program; return where its time went (its ``$TUTORIAL_TIMINGS``)."""
+    raw = Path(scratch) / "MNIST" / "raw"  # where torchvision looks for the .gz files
+    raw.mkdir(parents=True, exist_ok=True)
+    for path in Path(args.manual_dir).glob("*.gz"):
+        if not (raw / path.name).exists():
+            (raw / path.name).symlink_to(path)
+    timings = Path(scratch) / "timings.json"
+    env = {
+        **os.environ,
+        "TUTORIAL_DATA_ROOT": scratch,
+        "TUTORIAL_EPOCHS": str(args.job_epochs),
+        "TUTORIAL_TIMINGS": str(timings),
+    }
+    command = [args.tutorial_python, str(EXPERIMENTS / "tutorial_program.py")]
+    wall, memory, _ = run_logged(command, env)
+    t = json.loads(timings.read_text())
+    return phases(
+        wall,
+        memory,
+        imports=t["imported"],
+        data_and_init=t["model"] - t["imported"],
+        compile=0.0,
+        training=t["train"] - t["test"],
+        tests=t["test"],
+    )
+
+
+def phases(wall: float, memory: float, **seconds: float) -> dict[str, float]:
+    """Return the phases' seconds, the rest of the wall time as ``exit``, and the totals."""
+    return {**seconds, "exit": wall - sum(seconds.values()), "wall": wall, "memory_gb": memory}
+
+
 def machine() -> dict[str, Any]:
     """Describe this machine and the versions measured."""
     import jax
@@ -291,6 +369,15 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     ]
                 )
             )
+        tutorial = {"jax": [], "tutorial": []}
+        for round_index in range(args.tutorial_rounds):
+            tutorial["jax"].append(jaxcnn_phases(args, f"{scratch}/phases{round_index}"))
+            tutorial["tutorial"].append(tutorial_phases(args, f"{scratch}/tutorial"))
+    for name in PHASES if args.tutorial_rounds else ():
+        a_all = [run[name] for run in tutorial["jax"]]
+        b_all = [run[name] for run in tutorial["tutorial"]]
+        label = f"the tutorial's program: {name}" + ("" if name == "memory_gb" else " (s)")
+        rows.append(row(label, statistics.median(a_all), statistics.median(b_all), a_all, b_all))
     for index, name in ((0, "whole seed job (s)"), (1, "peak resident memory (GB)")):
         if not args.job_rounds:
             break
@@ -304,9 +391,14 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "job_epochs": args.job_epochs,
             "job_rounds": args.job_rounds,
+            "tutorial_rounds": args.tutorial_rounds,
         },
         "rows": rows,
     }
+
+
+#: The phases of a whole job, in order, then its totals (see :func:`phases`).
+PHASES = ("imports", "data_and_init", "compile", "training", "tests", "exit", "wall", "memory_gb")
 
 
 def row(
@@ -364,6 +456,17 @@ def main() -> None:
     parser.add_argument("--job-epochs", type=int, default=3, help="epochs of each whole job")
     parser.add_argument(
         "--job-rounds", type=int, default=2, help="whole jobs of each program (0: none)"
+    )
+    parser.add_argument(
+        "--tutorial-rounds",
+        type=int,
+        default=1,
+        help="whole jobs of the tutorial's own program and of jaxcnn, with their phases (0: none)",
+    )
+    parser.add_argument(
+        "--tutorial-python",
+        default=sys.executable,
+        help="a Python with torch and torchvision, to run experiments/tutorial_program.py",
     )
     parser.add_argument("--json", type=Path, default=EXPERIMENTS / "bench.json")
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)

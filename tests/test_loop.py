@@ -63,7 +63,7 @@ def run_steps(data_dir: Path, workdir: Path, *flags: str) -> Path:
 def test_the_compiled_loop_trains_like_the_python_loop(data_dir, tmp_path, capsys):
     python = run_steps(data_dir, tmp_path / "python", "--loop", "python", "--log-grads")
     scan = run_steps(data_dir, tmp_path / "scan", "--loop", "scan", "--log-grads")
-    assert "(scan loop, 4 chunks per batch)" in capsys.readouterr().out
+    assert "(scan loop, 4 chunks per batch; " in capsys.readouterr().out
     lines = [
         [json.loads(line) for line in (run / "metrics.jsonl").open()] for run in (python, scan)
     ]

@@ -108,6 +108,7 @@ class TrainResult:
     train_seconds: float
     test: EvalResult
     stopped: bool
+    test_pass_seconds: float = 0.0  # of train_seconds, in the test passes at sync points
 
 
 def train_and_evaluate(setup: LoopSetup, state: TrainState, position: Position) -> TrainResult:
@@ -157,6 +158,7 @@ class SyncPoints:
         self.correct, self.count = position.correct, position.count
         self.unread: list[Metrics] = []  # device values not read back yet
         self.stop = False
+        self.test_pass_seconds = 0.0
         self.started = self.clock_start = time.perf_counter()
         self.clock_steps = self.timetable.steps_before(position.epoch, position.batch)
 
@@ -201,7 +203,9 @@ class SyncPoints:
         raise_if_nonfinite(self.config, self.train_split, state)
         self.correct += int(sum(m["correct"] for m in fetched))
         self.count += int(sum(m["count"] for m in fetched))
+        test_start = time.perf_counter()
         test = evaluate(self.compiled.eval, state, self.test_batches)
+        self.test_pass_seconds += time.perf_counter() - test_start
         if self.timetable.is_log_point(batch):
             self.hooks.on_log(
                 LogRecord(
@@ -237,6 +241,7 @@ class SyncPoints:
             train_seconds=train_seconds,
             test=evaluate(self.compiled.eval, state, self.test_batches),
             stopped=self.stop,
+            test_pass_seconds=self.test_pass_seconds,
         )
 
     def _position_after(self, epoch: int, batch: int) -> Position:

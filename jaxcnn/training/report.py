@@ -63,6 +63,7 @@ def write_summary(path: Path, config: TrainConfig, result: TrainResult, facts: R
         "steps": result.steps,
         "epochs": result.epochs,
         "train_seconds": result.train_seconds,
+        "test_pass_seconds": result.test_pass_seconds,
         "compile_seconds": facts.compile_seconds,
         "backend": jax.default_backend(),
         "devices": [str(device) for device in facts.placement.mesh.devices.flat],
