@@ -198,13 +198,8 @@ class Remote:
 
 def run_job(command: list[str]) -> tuple[float, float]:
     """Run ``command`` to its end; return its wall seconds and peak resident memory in GB."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed")
-    return seconds, usage.ru_maxrss / 1e6  # ru_maxrss is in kB on Linux
+    seconds, memory, _ = run_logged(command, dict(os.environ))
+    return seconds, memory
 
 
 def run_logged(
@@ -219,7 +214,7 @@ def run_logged(
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(command)} failed")
-    return seconds, usage.ru_maxrss / 1e6, lines
+    return seconds, usage.ru_maxrss / 1e6, lines  # ru_maxrss is in kB on Linux
 
 
 def jaxcnn_phases(args: argparse.Namespace, workdir: str) -> dict[str, float]:
