@@ -1,9 +1,9 @@
 """Running out of resources: a full disk, a read-only work dir, a batch that cannot fit.
 
-Every case runs ``python -m jaxcnn.train`` as a real process and checks its exit code, its
-one line on stderr and what it left in the work dir (SHA-256 of every file). The disk cases
-then remove the cause and resume with the same command: the run must end bitwise identical
-to an uninterrupted one, with the same ``metrics.jsonl``.
+Every case runs a real process, most of them ``python -m jaxcnn.train``, and checks its
+exit code, its one line on stderr and what it left in the work dir (SHA-256 of every
+file). The disk cases then remove the cause and resume with the same command: the run
+must end bitwise identical to an uninterrupted one, with the same ``metrics.jsonl``.
 
 A full disk is a small ``tmpfs`` and a read-only work dir a read-only bind mount, both made
 by the test; both need root, as CI has on these machines. Elsewhere the two tests are
@@ -126,6 +126,41 @@ def test_full_disk_ends_with_one_line_and_the_resume_is_exact(
         assert summary(workdir)["params_sha256"] == summary(reference)["params_sha256"]
         assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
         assert not list(workdir.glob("*.tmp"))
+
+
+#: Saves checkpoints into argv[1] until one fails, prints the error's one line, and lives
+#: on for a second, as long as Orbax's threads and tensorstore's callbacks take to finish.
+SAVE_UNTIL_FULL = """
+import sys, time
+import jax, jax.numpy as jnp, optax
+from jaxcnn import models
+from jaxcnn.errors import WriteError
+from jaxcnn.training.checkpoints import Checkpoints
+from jaxcnn.training.state import create_train_state
+from jaxcnn.training.timetable import Position
+
+state = create_train_state(models.CNN(), optax.adam(1e-3), jax.random.key(0), (28, 28, 1))
+checkpoints = Checkpoints(sys.argv[1], keep=100)
+for step in range(1, 100):
+    try:
+        checkpoints.save(state.replace(step=jnp.asarray(step)), Position(0, step, 0), 0.5)
+    except WriteError as error:
+        print(error, file=sys.stderr)
+        break
+time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize("disk_kib", [937, 1196, 1344])
+def test_a_failed_checkpoint_write_leaves_only_its_own_line_on_stderr(as_root, disk_kib, tmp_path):
+    # Before the echoes were silenced, Orbax's absl tracebacks, asyncio's "Task exception
+    # was never retrieved" and tensorstore's "Event loop is closed" came with the line on
+    # each of these disk sizes; which of them comes depends on which write fails first.
+    disk = tmp_path / "disk"
+    with mounted("-t", "tmpfs", "-o", f"size={disk_kib}k", source="tmpfs", target=disk):
+        process = run([sys.executable, "-c", SAVE_UNTIL_FULL, str(disk / "run")])
+    assert process.returncode == 0, process.stderr
+    assert_one_line_naming(process, "No space left on device", str(disk / "run"))
 
 
 def wait_for_checkpoint(workdir: Path, step: int, process: subprocess.Popen) -> None:

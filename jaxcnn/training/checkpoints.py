@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxcnn.errors import CheckpointError, WriteError, describe_os_error
-from jaxcnn.quiet import absl_errors_only
+from jaxcnn.quiet import absl_errors_only, write_failure_echoes_silenced
 from jaxcnn.training.parallel import host_value
 from jaxcnn.training.state import TrainState
 from jaxcnn.training.timetable import Position
@@ -123,17 +123,20 @@ class Checkpoints:
         record = {**dataclasses.asdict(position), "state_sha256": tree_sha256(tree)}
         step = int(host_value(state.step))
         try:
-            self._manager.save(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(tree),
-                    position=ocp.args.JsonSave(record),
-                ),
-                metrics=None if test_accuracy is None else {"test_accuracy": float(test_accuracy)},
-                force=True,
-            )
-            if jax.process_index() == 0:
-                _write_file_list(self.directory / str(step))
+            with write_failure_echoes_silenced():  # we report a failure in one line
+                self._manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(tree),
+                        position=ocp.args.JsonSave(record),
+                    ),
+                    metrics=None
+                    if test_accuracy is None
+                    else {"test_accuracy": float(test_accuracy)},
+                    force=True,
+                )
+                if jax.process_index() == 0:
+                    _write_file_list(self.directory / str(step))
         except Exception as error:  # Orbax and tensorstore wrap the OS error in their own
             raise WriteError(self.directory / str(step), describe_os_error(error)) from error
 
