@@ -50,6 +50,9 @@ class JaxWorker:
     """jaxcnn's train step and forward pass, as the training loop runs them."""
 
     def __init__(self, manual_dir: str, data_dir: str) -> None:
+        from jaxcnn import xla_flags
+
+        xla_flags.configure()  # as python -m jaxcnn.train does, before JAX starts its backend
         import jax
         import numpy as np
 

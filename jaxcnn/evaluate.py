@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import cli, data
+from jaxcnn import cli, data, xla_flags
 from jaxcnn.compilation_cache import configure
 from jaxcnn.config import TrainConfig
 from jaxcnn.errors import UsageError
@@ -144,6 +144,7 @@ def write_gallery(
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate a run's checkpoint; return the process exit code."""
     args = build_parser().parse_args(argv)
+    xla_flags.configure()  # XLA:CPU switches (jaxcnn.xla_flags)
     configure()  # JAX's persistent compilation cache (jaxcnn.compilation_cache)
     target = Path(args.gallery) if args.gallery else None
     if target is not None:

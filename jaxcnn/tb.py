@@ -36,22 +36,26 @@ from typing import BinaryIO
 
 import jax
 import numpy as np
-from matplotlib import colormaps
-from PIL import Image
-from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.plugins.scalar.summary_v2 import scalar_pb
-from tensorboard.summary.writer.record_writer import RecordWriter
 
 from jaxcnn.config import TrainConfig
 from jaxcnn.data import DATASETS
 from jaxcnn.errors import writing
 from jaxcnn.histograms import Histogram
 from jaxcnn.inspection import features
+from jaxcnn.lazy import lazy_import
 from jaxcnn.training.loop import LogRecord
 from jaxcnn.training.optim import learning_rate_schedule
 from jaxcnn.training.parallel import host_value
 from jaxcnn.training.state import TrainState
 from jaxcnn.training.step import Metrics
+
+# Loaded at the first log point (jaxcnn.lazy): start-up does not need them.
+event_pb2 = lazy_import("tensorboard.compat.proto.event_pb2")
+summary_pb2 = lazy_import("tensorboard.compat.proto.summary_pb2")
+scalar_summary = lazy_import("tensorboard.plugins.scalar.summary_v2")
+record_writer = lazy_import("tensorboard.summary.writer.record_writer")
+matplotlib = lazy_import("matplotlib")
+pil_image = lazy_import("PIL.Image")
 
 #: The folder of a work dir that holds the event files.
 TB_DIR = "tb"
@@ -93,10 +97,10 @@ def kernel_image(kernels: np.ndarray) -> summary_pb2.Summary.Image:
     big = tiles.repeat(PIXELS_PER_WEIGHT, axis=1).repeat(PIXELS_PER_WEIGHT, axis=2)
     grid = features.tile_grid(big, min(KERNELS_PER_ROW, len(tiles)), KERNEL_GAP)
     limit = float(np.max(np.abs(tiles))) or 1.0
-    rgb = colormaps["RdBu_r"](0.5 + 0.5 * np.nan_to_num(grid) / limit)[..., :3]
+    rgb = matplotlib.colormaps["RdBu_r"](0.5 + 0.5 * np.nan_to_num(grid) / limit)[..., :3]
     rgb = np.where(np.isnan(grid)[..., None], GAP_COLOUR, rgb)
     png = io.BytesIO()
-    Image.fromarray(np.round(255 * rgb).astype(np.uint8)).save(png, format="PNG")
+    pil_image.fromarray(np.round(255 * rgb).astype(np.uint8)).save(png, format="PNG")
     height, width = grid.shape
     return summary_pb2.Summary.Image(
         height=height, width=width, colorspace=3, encoded_image_string=png.getvalue()
@@ -150,7 +154,7 @@ class Board:
     def __init__(self, folder: Path, config: TrainConfig) -> None:
         self.folder = folder
         self.config = config
-        self._records: RecordWriter | None = None
+        self._records: record_writer.RecordWriter | None = None
         self._first_conv: tuple[str, ...] | None = None
 
     def write(self, record: LogRecord) -> None:
@@ -158,7 +162,7 @@ class Board:
         scalars = scalars_of(record, learning_rate_at(self.config, record.step))
         summary = summary_pb2.Summary()
         for tag, value in scalars.items():
-            summary.value.extend(scalar_pb(tag, value).value)
+            summary.value.extend(scalar_summary.scalar_pb(tag, value).value)
         self._write_summary(record.step, summary)
 
     def write_arrays(self, step: int, state: TrainState, metrics: Metrics) -> None:
@@ -201,11 +205,11 @@ class Board:
         self.cut()
 
 
-def _open_event_file(folder: Path, first_step: int) -> RecordWriter:
+def _open_event_file(folder: Path, first_step: int) -> record_writer.RecordWriter:
     """Create the event file whose first record is at ``first_step``, with its header."""
     folder.mkdir(parents=True, exist_ok=True)
     stream: BinaryIO = (folder / _FILE_NAME.format(first=first_step)).open("xb")
-    records = RecordWriter(stream)
+    records = record_writer.RecordWriter(stream)
     header = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
     records.write(header.SerializeToString())
     return records

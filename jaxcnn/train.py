@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from jaxcnn import xla_flags
 from jaxcnn.cli import (
     ArgumentParser,
     add_config_flags,
@@ -156,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the training job; return the process exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    xla_flags.configure()  # XLA:CPU switches (jaxcnn.xla_flags)
     configure(turned_off=args.no_compilation_cache)
     options = JobOptions(
         workdir=Path(args.workdir) if args.workdir else None,

@@ -30,7 +30,7 @@ import numpy as np
 matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt
 
-from jaxcnn import data, images
+from jaxcnn import data, images, xla_flags
 from jaxcnn.cli import (
     ArgumentParser,
     add_data_flags,
@@ -306,6 +306,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Draw the pictures; return the process exit code."""
     args = build_parser().parse_args(argv)
+    xla_flags.configure()  # XLA:CPU switches (jaxcnn.xla_flags)
     configure()  # JAX's persistent compilation cache (jaxcnn.compilation_cache)
     if args.out is not None and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out!r} is not an existing folder")

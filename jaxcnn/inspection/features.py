@@ -117,11 +117,16 @@ def first_conv_path(state: TrainState, image_shape: tuple[int, int, int]) -> tup
     Raises:
         ValueError: the model has no ``nn.Conv``.
     """
-    zeros = jnp.zeros((1, *image_shape), jnp.float32)
-    _, outputs = captured_outputs(state, zeros, is_conv)
-    if not outputs:
+    paths: list[str] = []
+
+    def record_conv_paths(images: jax.Array) -> None:
+        paths.extend(path for path, _ in captured_outputs(state, images, is_conv)[1])
+
+    # Traced for shapes only: the order is read while tracing, and nothing is computed.
+    jax.eval_shape(record_conv_paths, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    if not paths:
         raise ValueError("the model has no convolution")
-    return tuple(outputs[0][0].split("/"))
+    return tuple(paths[0].split("/"))
 
 
 def layer_kernel(params: dict, path: tuple[str, ...]) -> jax.Array:

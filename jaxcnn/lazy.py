@@ -1,0 +1,33 @@
+"""Modules loaded when first used, so that a command starts without them.
+
+Orbax, TensorBoard's protocol buffers, matplotlib and Pillow take about half a second to
+import and are first needed at the first checkpoint or log point, or not at all.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from types import ModuleType
+
+
+def lazy_import(name: str) -> ModuleType:
+    """Return module ``name``, executed on first attribute access (Python's ``LazyLoader``).
+
+    The recipe of the ``importlib`` documentation ("Implementing lazy imports"). Its parent
+    packages are imported now; a module already imported is returned as it is.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    parent, _, child = name.rpartition(".")
+    if parent:  # as the import system binds a submodule: ``import PIL.Image`` gives PIL.Image
+        setattr(sys.modules[parent], child, module)
+    return module
