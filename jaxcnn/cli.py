@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from jaxcnn import compilation_cache, xla_flags
 from jaxcnn.data import (
     DATA_DIR_ENV,
     MANUAL_DIR_ENV,
@@ -136,6 +137,20 @@ def checkpoint_command_parser(prog: str, description: str) -> ArgumentParser:
     add_restore_flags(parser)
     add_data_flags(parser)
     return parser
+
+
+def prepare_jax(compilation_cache_off: bool = False) -> None:
+    """Set what JAX reads when it starts, before a command computes anything.
+
+    The XLA:CPU switches (:mod:`jaxcnn.xla_flags`) and JAX's persistent compilation
+    cache (:mod:`jaxcnn.compilation_cache`), off for this process with
+    ``compilation_cache_off``.
+
+    Raises:
+        UsageError: ``$JAXCNN_COMPILATION_CACHE`` names a folder that cannot be created.
+    """
+    xla_flags.configure()
+    compilation_cache.configure(turned_off=compilation_cache_off)
 
 
 def exit_process(code: int) -> NoReturn:

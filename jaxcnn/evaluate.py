@@ -15,8 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import cli, data, xla_flags
-from jaxcnn.compilation_cache import configure
+from jaxcnn import cli, data
 from jaxcnn.config import TrainConfig
 from jaxcnn.errors import UsageError
 from jaxcnn.inspection import gallery
@@ -144,8 +143,7 @@ def write_gallery(
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate a run's checkpoint; return the process exit code."""
     args = build_parser().parse_args(argv)
-    xla_flags.configure()  # XLA:CPU switches (jaxcnn.xla_flags)
-    configure()  # JAX's persistent compilation cache (jaxcnn.compilation_cache)
+    cli.prepare_jax()  # the XLA:CPU switches and the compilation cache
     target = Path(args.gallery) if args.gallery else None
     if target is not None:
         gallery.check_target(target)

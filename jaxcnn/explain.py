@@ -9,9 +9,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxcnn import data, xla_flags
-from jaxcnn.cli import ArgumentParser, add_data_flags, exit_process, load_data, run_command
-from jaxcnn.compilation_cache import configure
+from jaxcnn import data
+from jaxcnn.cli import (
+    ArgumentParser,
+    add_data_flags,
+    exit_process,
+    load_data,
+    prepare_jax,
+    run_command,
+)
 from jaxcnn.config import TrainConfig
 from jaxcnn.errors import UsageError
 from jaxcnn.inspection.hand_step import TOLERANCE, format_checks, walk_step
@@ -39,8 +45,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Walk one step; return 0 if every stage agrees, 1 if one does not."""
     args = build_parser().parse_args(argv)
-    xla_flags.configure()  # XLA:CPU switches (jaxcnn.xla_flags)
-    configure()  # JAX's persistent compilation cache (jaxcnn.compilation_cache)
+    prepare_jax()  # the XLA:CPU switches and the compilation cache
     config = TrainConfig(
         seed=args.seed, batch_size=args.batch_size, learning_rate=args.learning_rate
     ).validate()

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxcnn import cli, data, xla_flags
-from jaxcnn.compilation_cache import configure
+from jaxcnn import cli, data
 from jaxcnn.errors import UsageError
 from jaxcnn.inspection.gradients import format_table, global_norm, save_npz, summarize
 from jaxcnn.training import workdir
@@ -47,8 +46,7 @@ def build_parser() -> cli.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Print (and optionally save) a checkpoint's gradient; return the exit code."""
     args = build_parser().parse_args(argv)
-    xla_flags.configure()  # XLA:CPU switches (jaxcnn.xla_flags)
-    configure()  # JAX's persistent compilation cache (jaxcnn.compilation_cache)
+    cli.prepare_jax()  # the XLA:CPU switches and the compilation cache
     if args.batch_size is not None and args.batch_size <= 0:
         raise UsageError(f"--batch-size {args.batch_size}: must be a positive integer")
     if args.save is not None and args.save.exists():

@@ -1,7 +1,7 @@
 """Modules loaded when first used, so that a command starts without them.
 
-Orbax, TensorBoard's protocol buffers, matplotlib and Pillow take about half a second to
-import and are first needed at the first checkpoint or log point, or not at all.
+TensorBoard's protocol buffers, matplotlib and Pillow are first needed at the first log
+point of a run (:mod:`jaxcnn.tb`), so training reaches its first step without them.
 """
 
 from __future__ import annotations

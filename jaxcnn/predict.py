@@ -8,9 +8,14 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from jaxcnn import data, images, xla_flags
-from jaxcnn.cli import ArgumentParser, checkpoint_command_parser, exit_process, run_command
-from jaxcnn.compilation_cache import configure
+from jaxcnn import data, images
+from jaxcnn.cli import (
+    ArgumentParser,
+    checkpoint_command_parser,
+    exit_process,
+    prepare_jax,
+    run_command,
+)
 from jaxcnn.training import workdir
 from jaxcnn.training.state import TrainState
 from jaxcnn.training.step import predict_logits
@@ -45,8 +50,7 @@ def class_probabilities(state: TrainState, pixels: np.ndarray) -> np.ndarray:
 def main(argv: Sequence[str] | None = None) -> int:
     """Classify the images; return the process exit code."""
     args = build_parser().parse_args(argv)
-    xla_flags.configure()  # XLA:CPU switches (jaxcnn.xla_flags)
-    configure()  # JAX's persistent compilation cache (jaxcnn.compilation_cache)
+    prepare_jax()  # the XLA:CPU switches and the compilation cache
     config, state, _, step = workdir.restore_run(args.workdir, args.step)
     pixels = np.stack([images.read_image(path) for path in args.images])
     names = data.DATASETS[config.dataset].class_names

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-import jax
 import numpy as np
 
 from jaxcnn.config import TrainConfig
@@ -175,14 +174,10 @@ class Board:
         self._write_summary(step, summary)
 
     def _first_conv_of(self, state: TrainState) -> tuple[str, ...]:
-        """Return the path of the model's first convolution, found once (a forward pass)."""
+        """Return the path of the model's first convolution, found once (by tracing)."""
         if self._first_conv is None:
-            on_host = state.replace(
-                params=jax.tree.map(host_value, state.params),
-                model_state=jax.tree.map(host_value, state.model_state),
-            )
             image_shape = DATASETS[self.config.dataset].image_shape
-            self._first_conv = features.first_conv_path(on_host, image_shape)
+            self._first_conv = features.first_conv_path(state, image_shape)
         return self._first_conv
 
     def _write_summary(self, step: int, summary: summary_pb2.Summary) -> None:

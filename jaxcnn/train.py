@@ -20,16 +20,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxcnn import xla_flags
 from jaxcnn.cli import (
     ArgumentParser,
     add_config_flags,
     add_data_flags,
     exit_process,
     flag_table,
+    prepare_jax,
     run_command,
 )
-from jaxcnn.compilation_cache import CACHE_ENV, configure
+from jaxcnn.compilation_cache import CACHE_ENV
 from jaxcnn.config import RECIPES, TrainConfig, parse_recipe
 from jaxcnn.training.job import JobOptions, run_job
 from jaxcnn.training.resources import MEMORY_LIMIT_ENV
@@ -157,8 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the training job; return the process exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    xla_flags.configure()  # XLA:CPU switches (jaxcnn.xla_flags)
-    configure(turned_off=args.no_compilation_cache)
+    prepare_jax(compilation_cache_off=args.no_compilation_cache)
     options = JobOptions(
         workdir=Path(args.workdir) if args.workdir else None,
         override=args.override,

@@ -30,16 +30,16 @@ import numpy as np
 matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt
 
-from jaxcnn import data, images, xla_flags
+from jaxcnn import data, images
 from jaxcnn.cli import (
     ArgumentParser,
     add_data_flags,
     add_restore_flags,
     exit_process,
     load_data,
+    prepare_jax,
     run_command,
 )
-from jaxcnn.compilation_cache import configure
 from jaxcnn.config import TrainConfig
 from jaxcnn.errors import UsageError
 from jaxcnn.inspection import features
@@ -306,8 +306,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Draw the pictures; return the process exit code."""
     args = build_parser().parse_args(argv)
-    xla_flags.configure()  # XLA:CPU switches (jaxcnn.xla_flags)
-    configure()  # JAX's persistent compilation cache (jaxcnn.compilation_cache)
+    prepare_jax()  # the XLA:CPU switches and the compilation cache
     if args.out is not None and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out!r} is not an existing folder")
     if args.test_index is not None and args.test_index < 0:

@@ -35,7 +35,7 @@ from flax.traverse_util import flatten_dict
 from jaxcnn.models.cnn import ConvReluPool
 from jaxcnn.models.resnet import BasicBlock
 from jaxcnn.models.vgg import VGGBlock
-from jaxcnn.training.state import TrainState
+from jaxcnn.training.state import PyTree, TrainState
 
 #: The modules whose outputs are "the feature maps after a convolution block".
 BLOCK_TYPES: tuple[type[nn.Module], ...] = (ConvReluPool, VGGBlock, BasicBlock)
@@ -119,11 +119,14 @@ def first_conv_path(state: TrainState, image_shape: tuple[int, int, int]) -> tup
     """
     paths: list[str] = []
 
-    def record_conv_paths(images: jax.Array) -> None:
-        paths.extend(path for path, _ in captured_outputs(state, images, is_conv)[1])
+    def record_conv_paths(params: PyTree, model_state: PyTree, images: jax.Array) -> None:
+        traced = state.replace(params=params, model_state=model_state)
+        paths.extend(path for path, _ in captured_outputs(traced, images, is_conv)[1])
 
-    # Traced for shapes only: the order is read while tracing, and nothing is computed.
-    jax.eval_shape(record_conv_paths, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    # Traced for shapes only, arrays included: the order is read while tracing, and
+    # nothing is computed or copied, whatever devices the state is on.
+    images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    jax.eval_shape(record_conv_paths, state.params, state.model_state, images)
     if not paths:
         raise ValueError("the model has no convolution")
     return tuple(paths[0].split("/"))
