@@ -16,7 +16,10 @@ Measures, alternating jaxcnn (A) and PyTorch (B) so that both see the same machi
    and DataLoader, as the tutorial prints it) against ``python -m jaxcnn.train``, whole
    process, ``--job-epochs`` epochs, with where each one's time goes: imports, data,
    initialisation, compilation, training, test passes, exit (``--tutorial-python``: a
-   Python with torch and torchvision; ``--tutorial-rounds 0`` skips it).
+   Python with torch and torchvision; ``--tutorial-rounds 0`` skips it);
+6. process start to the first training step of ``python -m jaxcnn.train`` (the arrival of
+   its ``compiled`` line, after which the loop dispatches step 1), with an empty
+   compilation cache and with a warm one, ``--start-rounds`` times each.
 
 (1) and (2) run in two long-lived worker processes, one per framework, that take turns:
 while one measures, the other waits on its input. Each figure is the median over
@@ -273,6 +276,47 @@ def tutorial_phases(args: argparse.Namespace, scratch: str) -> dict[str, float]:
     )
 
 
+def seconds_to_first_step(args: argparse.Namespace, workdir: str, cache_dir: str) -> float:
+    """Run ``python -m jaxcnn.train`` for one step with its compilation cache in
+    ``cache_dir``; return the seconds from launch to its ``compiled`` line."""
+    command = [sys.executable, "-m", "jaxcnn.train", "--manual-dir", args.manual_dir]
+    command += ["--data-dir", args.data_dir, "--max-steps", "1"]
+    command += ["--workdir", workdir, "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAXCNN_COMPILATION_CACHE": cache_dir}
+    _, _, lines = run_logged(command, env)
+    return next(t for t, text in lines if text.startswith("compiled"))
+
+
+def start_to_first_step(args: argparse.Namespace, scratch: str) -> dict[str, list[float]]:
+    """Return the seconds to the first step, ``--start-rounds`` times with an empty
+    compilation cache and as often with a warm one (filled by one run not counted)."""
+    warm_cache = f"{scratch}/cache-warm"
+    seconds_to_first_step(args, f"{scratch}/start-fill", warm_cache)
+    times: dict[str, list[float]] = {"empty cache": [], "warm cache": []}
+    for index in range(args.start_rounds):
+        times["empty cache"].append(
+            seconds_to_first_step(args, f"{scratch}/start-e{index}", f"{scratch}/cache-e{index}")
+        )
+        times["warm cache"].append(
+            seconds_to_first_step(args, f"{scratch}/start-w{index}", warm_cache)
+        )
+    return times
+
+
+def check_tutorial_python(python: str) -> None:
+    """Exit with one line (status 2) unless ``python`` imports what the tutorial program does."""
+    imports = "import matplotlib, numpy, torch, torchvision"
+    found = subprocess.run([python, "-c", imports], capture_output=True, text=True)
+    if found.returncode != 0:
+        reason = (found.stderr.strip().splitlines() or ["it did not start"])[-1]
+        print(
+            f"bench.py: error: --tutorial-python {python!r} cannot run the tutorial's program "
+            f"({reason}); give a Python with torch, torchvision and matplotlib",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 def phases(wall: float, memory: float, **seconds: float) -> dict[str, float]:
     """Return the phases' seconds, the rest of the wall time as ``exit``, and the totals."""
     return {**seconds, "exit": wall - sum(seconds.values()), "wall": wall, "memory_gb": memory}
@@ -371,6 +415,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for round_index in range(args.tutorial_rounds):
             tutorial["jax"].append(jaxcnn_phases(args, f"{scratch}/phases{round_index}"))
             tutorial["tutorial"].append(tutorial_phases(args, f"{scratch}/tutorial"))
+        start = start_to_first_step(args, scratch)
     for name in PHASES if args.tutorial_rounds else ():
         a_all = [run[name] for run in tutorial["jax"]]
         b_all = [run[name] for run in tutorial["tutorial"]]
@@ -390,8 +435,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "job_epochs": args.job_epochs,
             "job_rounds": args.job_rounds,
             "tutorial_rounds": args.tutorial_rounds,
+            "start_rounds": args.start_rounds,
         },
         "rows": rows,
+        "start_to_first_step": start,
     }
 
 
@@ -437,6 +484,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"alternating rounds ({s['steps']} steps each) and of {s['job_rounds']} whole jobs "
         f"of {s['job_epochs']} epochs."
     )
+    for cache, seconds in result["start_to_first_step"].items():
+        each = ", ".join(f"{value:.2f}" for value in seconds)
+        lines.append(f"jaxcnn, process start to the first step, {cache}: {each} s")
     return "\n".join(lines)
 
 
@@ -466,12 +516,20 @@ def main() -> None:
         default=sys.executable,
         help="a Python with torch and torchvision, to run experiments/tutorial_program.py",
     )
+    parser.add_argument(
+        "--start-rounds",
+        type=int,
+        default=3,
+        help="runs of jaxcnn to its first step with an empty and a warm compilation cache",
+    )
     parser.add_argument("--json", type=Path, default=EXPERIMENTS / "bench.json")
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         serve(args.worker, args.manual_dir, args.data_dir)
         return
+    if args.tutorial_rounds:
+        check_tutorial_python(args.tutorial_python)
     result = benchmark(args)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(result))

@@ -27,6 +27,8 @@ CANDIDATES = {
     "XLA's defaults": "--xla_cpu_prefer_vector_width=256",
     "512-bit vectors": "--xla_cpu_prefer_vector_width=512",
     "oneDNN": "--xla_cpu_prefer_vector_width=256 --xla_cpu_experimental_onednn_custom_call=true",
+    "YNNPACK": "--xla_cpu_prefer_vector_width=256 "
+    "--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution",
 }
 
 

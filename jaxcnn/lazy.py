@@ -1,7 +1,10 @@
 """Modules loaded when first used, so that a command starts without them.
 
 TensorBoard's protocol buffers, matplotlib and Pillow are first needed at the first log
-point of a run (:mod:`jaxcnn.tb`), so training reaches its first step without them.
+point of a run (:mod:`jaxcnn.tb`), and Orbax at its first checkpoint
+(:mod:`jaxcnn.training.checkpoints`), so training reaches its first step without them.
+(tfds is imported only to prepare a dataset or to read one whose arrays are not kept:
+:mod:`jaxcnn.data`.)
 """
 
 from __future__ import annotations

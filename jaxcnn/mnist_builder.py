@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxcnn.data import DATASETS
+from jaxcnn.data import BUILDER_NAME, BUILDER_VERSION, DATASETS
 
 #: The idx files of each split: (images, labels).
 SPLIT_FILES = {
@@ -58,8 +58,8 @@ def read_idx(path: str | Path) -> np.ndarray:
 class IdxDatasets(tfds.core.GeneratorBasedBuilder):
     """MNIST and Fashion-MNIST from their idx files, as uint8 tensors: one config each."""
 
-    name = "jaxcnn"
-    VERSION = tfds.core.Version("1.0.0")
+    name = BUILDER_NAME
+    VERSION = tfds.core.Version(BUILDER_VERSION)
     RELEASE_NOTES = {"1.0.0": "The idx files read with NumPy, stored as uint8 tensors."}  # noqa: RUF012
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in DATASETS]  # noqa: RUF012
 

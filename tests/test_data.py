@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,40 @@ def test_read_splits_are_kept_and_a_damaged_file_is_read_again(prepared_mnist, m
     again = data.load_dataset("mnist", str(data_dir), None, splits=("test",))["test"]
     assert read_through_tfds == ["test"]
     np.testing.assert_array_equal(again.images, splits["test"].images)
+    with np.load(kept) as rewritten:
+        np.testing.assert_array_equal(rewritten["labels"], splits["test"].labels)
+
+
+def test_kept_arrays_are_read_without_importing_tfds(data_dir, mnist):
+    script = (
+        "import sys\n"
+        "from jaxcnn import data\n"
+        f"splits = data.load_dataset('mnist', {str(data_dir)!r}, None)\n"
+        "print(len(splits['train']), len(splits['test']), 'tensorflow_datasets' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["60000", "10000", "False"]
+
+
+def test_tfds_default_data_dir_is_the_one_jaxcnn_reads_kept_arrays_from(monkeypatch):
+    from tensorflow_datasets.core import constants
+
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    expected = str(Path(data.TFDS_DEFAULT_DATA_DIR).expanduser())
+    assert constants.get_default_data_dir() == expected
+
+
+def test_kept_arrays_of_the_wrong_size_are_read_again(prepared_mnist, monkeypatch):
+    data_dir, splits = prepared_mnist
+    kept = next(Path(data_dir).glob(f"jaxcnn/mnist/*/{data.ARRAYS_DIR}/test.npz"))
+    with np.load(kept) as arrays:
+        np.savez(kept, images=arrays["images"][:-1], labels=arrays["labels"][:-1])
+    read_through_tfds = []
+    monkeypatch.setattr(data, "_read_split", _counting(data._read_split, read_through_tfds))
+    again = data.load_dataset("mnist", str(data_dir), None, splits=("test",))["test"]
+    assert read_through_tfds == ["test"]
+    assert len(again) == 10_000
     with np.load(kept) as rewritten:
         np.testing.assert_array_equal(rewritten["labels"], splits["test"].labels)
 

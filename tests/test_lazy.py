@@ -19,3 +19,17 @@ print(PIL.Image is tb.pil_image, PIL.Image.new("L", (2, 3)).size)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["[]", "RdBu_r True", "True (2, 3)"]
+
+
+def test_train_starts_without_orbax_and_a_checkpoint_loads_it(tmp_path):
+    code = f"""
+import sys
+import jaxcnn.train
+from jaxcnn.training.checkpoints import Checkpoints
+checkpoints = Checkpoints({str(tmp_path)!r})
+print("orbax.checkpoint.checkpoint_manager" in sys.modules, checkpoints.steps())
+print("orbax.checkpoint.checkpoint_manager" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["False []", "True"]

@@ -143,7 +143,8 @@ class SyncPoints:
 
     It holds the running train accuracy of the epoch (restored from ``position`` on
     resume), the step metrics not read back yet (``unread``), whether a stop was
-    requested (``stop``), the placed test batches and the clock of the time per step.
+    requested (``stop``), the placed test batches, the last test pass with its step
+    (``last_test``) and the clock of the time per step.
     """
 
     def __init__(self, setup: LoopSetup, position: Position) -> None:
@@ -159,6 +160,7 @@ class SyncPoints:
         self.unread: list[Metrics] = []  # device values not read back yet
         self.stop = False
         self.test_pass_seconds = 0.0
+        self.last_test: tuple[int, EvalResult] | None = None
         self.started = self.clock_start = time.perf_counter()
         self.clock_steps = self.timetable.steps_before(position.epoch, position.batch)
 
@@ -206,6 +208,7 @@ class SyncPoints:
         test_start = time.perf_counter()
         test = evaluate(self.compiled.eval, state, self.test_batches)
         self.test_pass_seconds += time.perf_counter() - test_start
+        self.last_test = (steps_done, test)
         if self.timetable.is_log_point(batch):
             self.hooks.on_log(
                 LogRecord(
@@ -228,18 +231,27 @@ class SyncPoints:
         self.clock_start, self.clock_steps = time.perf_counter(), steps_done
 
     def result(self, state: TrainState, steps_done: int) -> TrainResult:
-        """Wait for the last step, check it, evaluate the test set; return the result."""
+        """Wait for the last step, check it, evaluate the test set; return the result.
+
+        The run's last step is always a sync point (a checkpoint is due there), so the
+        test pass of that point is the final one; the test set is evaluated here only
+        when no step ran (``--epochs 0``, or resuming a finished run).
+        """
         state = jax.block_until_ready(state)
         train_seconds = time.perf_counter() - self.started
         raise_if_nonfinite(self.config, self.train_split, state)
         epoch, batch = self.timetable.epoch_and_batch(steps_done)
+        if self.last_test is not None and self.last_test[0] == steps_done:
+            test = self.last_test[1]
+        else:
+            test = evaluate(self.compiled.eval, state, self.test_batches)
         return TrainResult(
             state=state,
             steps=steps_done,
             epochs=steps_done / self.timetable.steps_per_epoch,
             position=Position(epoch=epoch, batch=batch, seed=self.config.seed),
             train_seconds=train_seconds,
-            test=evaluate(self.compiled.eval, state, self.test_batches),
+            test=test,
             stopped=self.stop,
             test_pass_seconds=self.test_pass_seconds,
         )
