@@ -415,7 +415,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for round_index in range(args.tutorial_rounds):
             tutorial["jax"].append(jaxcnn_phases(args, f"{scratch}/phases{round_index}"))
             tutorial["tutorial"].append(tutorial_phases(args, f"{scratch}/tutorial"))
-        start = start_to_first_step(args, scratch)
+        start = start_to_first_step(args, scratch) if args.start_rounds else {}
     for name in PHASES if args.tutorial_rounds else ():
         a_all = [run[name] for run in tutorial["jax"]]
         b_all = [run[name] for run in tutorial["tutorial"]]
