@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -28,15 +29,17 @@ def absl_errors_only() -> Iterator[None]:
 def write_failure_echoes_silenced() -> Iterator[None]:
     """Keep Orbax's echoes of a failed checkpoint write off stderr inside the block.
 
-    When a write fails, the caller reports it in one line, but three echoes of it
+    When a write fails, the caller reports it in one line, but four echoes of it
     reach stderr besides: Orbax logs the traceback at ERROR from its own threads
     (through absl); asyncio logs "Task exception was never retrieved" for each of
-    Orbax's writes that failed too; and tensorstore's callbacks for writes still in
+    Orbax's writes that failed too; tensorstore's callbacks for writes still in
     flight find Orbax's event loop closed and report "Event loop is closed" as
-    unraisable exceptions. All three can come after the block has raised, so after
-    a failure those two loggers stay disabled and the closed-loop reports stay
-    dropped for the rest of the process, which is about to end. Without a failure,
-    the loggers' records from the block are passed on unchanged.
+    unraisable exceptions; and the writes that never started warn, when they are
+    collected, "coroutine ... was never awaited" (a ``RuntimeWarning``). All four can
+    come after the block has raised, so after a failure those two loggers stay
+    disabled, the closed-loop reports stay dropped and that warning stays ignored for
+    the rest of the process, which is about to end. Without a failure, the loggers'
+    records from the block are passed on unchanged.
     """
     echo_loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     held_records: list[logging.LogRecord] = []
@@ -60,6 +63,9 @@ def write_failure_echoes_silenced() -> Iterator[None]:
     except BaseException:
         for logger in echo_loggers:
             logger.disabled = True
+        warnings.filterwarnings(
+            "ignore", message="coroutine .* was never awaited", category=RuntimeWarning
+        )
         raise
     finally:
         for logger in echo_loggers:

@@ -163,6 +163,30 @@ def test_a_failed_checkpoint_write_leaves_only_its_own_line_on_stderr(as_root, d
     assert_one_line_naming(process, "No space left on device", str(disk / "run"))
 
 
+#: A failed write, then a write coroutine that never ran, collected as the interpreter ends
+#: (as Orbax's writes still queued when the disk filled are): the CI echo of 2026-12-01.
+UNAWAITED_WRITE_AFTER_FAILURE = """
+import sys
+from jaxcnn.quiet import write_failure_echoes_silenced
+
+async def write_fragment():
+    pass
+
+try:
+    with write_failure_echoes_silenced():
+        raise OSError(28, "No space left on device")
+except OSError as error:
+    print(f"could not write: {error}", file=sys.stderr)
+pending = write_fragment()
+"""
+
+
+def test_a_write_that_never_ran_after_a_failure_does_not_warn_on_stderr():
+    process = run([sys.executable, "-c", UNAWAITED_WRITE_AFTER_FAILURE])
+    assert process.returncode == 0, process.stderr
+    assert_one_line_naming(process, "No space left on device")
+
+
 def wait_for_checkpoint(workdir: Path, step: int, process: subprocess.Popen) -> None:
     """Wait until checkpoint ``step`` is complete in ``workdir`` (jaxcnn's file list written)."""
     deadline = time.monotonic() + 300
