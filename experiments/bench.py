@@ -223,6 +223,12 @@ def run_logged(
     return seconds, usage.ru_maxrss / 1e6, lines  # ru_maxrss is in kB on Linux
 
 
+def train_command(args: argparse.Namespace, workdir: str, *flags: str) -> list[str]:
+    """Return the ``python -m jaxcnn.train`` command writing to ``workdir``, plus ``flags``."""
+    command = [sys.executable, "-m", "jaxcnn.train", "--manual-dir", args.manual_dir]
+    return [*command, "--data-dir", args.data_dir, "--workdir", workdir, "--no-progress", *flags]
+
+
 def jaxcnn_phases(args: argparse.Namespace, workdir: str) -> dict[str, float]:
     """Run the tutorial's job with ``python -m jaxcnn.train``; return where its time went.
 
@@ -230,9 +236,7 @@ def jaxcnn_phases(args: argparse.Namespace, workdir: str) -> dict[str, float]:
     once the data is loaded, the state initialised and the steps compiled, ``done:``
     once trained) and from ``summary.json`` (compilation, training, test passes).
     """
-    command = [sys.executable, "-m", "jaxcnn.train", "--manual-dir", args.manual_dir]
-    command += ["--data-dir", args.data_dir, "--epochs", str(args.job_epochs)]
-    command += ["--workdir", workdir, "--no-progress"]
+    command = train_command(args, workdir, "--epochs", str(args.job_epochs))
     wall, memory, lines = run_logged(command, {**os.environ, "PYTHONUNBUFFERED": "1"})
     at = {text.split()[0]: t for t, text in reversed(lines) if text.split()}  # first of each
     summary = json.loads((Path(workdir) / "summary.json").read_text())
@@ -279,9 +283,7 @@ def tutorial_phases(args: argparse.Namespace, scratch: str) -> dict[str, float]:
 def seconds_to_first_step(args: argparse.Namespace, workdir: str, cache_dir: str) -> float:
     """Run ``python -m jaxcnn.train`` for one step with its compilation cache in
     ``cache_dir``; return the seconds from launch to its ``compiled`` line."""
-    command = [sys.executable, "-m", "jaxcnn.train", "--manual-dir", args.manual_dir]
-    command += ["--data-dir", args.data_dir, "--max-steps", "1"]
-    command += ["--workdir", workdir, "--no-progress"]
+    command = train_command(args, workdir, "--max-steps", "1")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAXCNN_COMPILATION_CACHE": cache_dir}
     _, _, lines = run_logged(command, env)
     return next(t for t, text in lines if text.startswith("compiled"))
@@ -383,20 +385,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for round_index in range(args.job_rounds):
             jobs["jax"].append(
                 run_job(
-                    [
-                        sys.executable,
-                        "-m",
-                        "jaxcnn.train",
-                        "--manual-dir",
-                        args.manual_dir,
-                        "--data-dir",
-                        args.data_dir,
-                        "--epochs",
-                        str(args.job_epochs),
-                        "--workdir",
-                        f"{scratch}/run{round_index}",
-                        "--no-progress",
-                    ]
+                    train_command(
+                        args, f"{scratch}/run{round_index}", "--epochs", str(args.job_epochs)
+                    )
                 )
             )
             jobs["torch"].append(
