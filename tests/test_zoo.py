@@ -27,7 +27,7 @@ IMAGENET_PARAMS = {"vgg16": 138_357_544, "resnet18": 11_689_512, "resnet34": 21_
 BATCH = 16
 #: Learning rate of the few-step training tests. VGG-16 has no BatchNorm; with Adam at
 #: 1e-3 its loss stays at ln 10 (measured: 25 steps, batch 32), at 1e-4 it learns.
-LEARNING_RATES = {"cnn": 1e-3, "vgg16": 1e-4, "resnet18": 1e-3, "resnet34": 1e-3}
+LEARNING_RATES = {"cnn": 1e-3, "vgg16": 1e-4, "resnet18": 1e-3}
 #: One jitted step per test module, so each model compiles once for the tests that share it.
 TRAIN_STEP = jax.jit(steps.train_step)
 
@@ -153,14 +153,9 @@ def first_batch(split: data.Split, real: int = BATCH) -> steps.Batch:
     return data.make_batch(split, indices, mask)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param("vgg16", marks=pytest.mark.slow),
-        "resnet18",
-        pytest.param("resnet34", marks=pytest.mark.slow),
-    ],
-)
+#: ResNet-34 is ResNet-18's code with more blocks per stage (its layout is checked by
+#: test_imagenet_parameter_counts_are_exact); compiling its step took 53 s of CI's 25 minutes.
+@pytest.mark.parametrize("name", [pytest.param("vgg16", marks=pytest.mark.slow), "resnet18"])
 def test_each_model_learns_real_digits_in_a_few_steps(name, mnist):
     """Five steps on one batch of real digits (the last 4 of 16 padding) bring its loss down."""
     state = new_state(name)
