@@ -153,8 +153,8 @@ def first_batch(split: data.Split, real: int = BATCH) -> steps.Batch:
     return data.make_batch(split, indices, mask)
 
 
-#: ResNet-34 is ResNet-18's code with more blocks per stage (its layout is checked by
-#: test_imagenet_parameter_counts_are_exact); compiling its step took 53 s of CI's 25 minutes.
+# ResNet-34 is ResNet-18's code with more blocks per stage (its layout is checked by
+# test_imagenet_parameter_counts_are_exact); compiling its step took 53 s of CI's 25 minutes.
 @pytest.mark.parametrize("name", [pytest.param("vgg16", marks=pytest.mark.slow), "resnet18"])
 def test_each_model_learns_real_digits_in_a_few_steps(name, mnist):
     """Five steps on one batch of real digits (the last 4 of 16 padding) bring its loss down."""
