@@ -32,7 +32,7 @@ import io
 import re
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -52,9 +52,10 @@ from jaxcnn.training.step import Metrics
 event_pb2 = lazy_import("tensorboard.compat.proto.event_pb2")
 summary_pb2 = lazy_import("tensorboard.compat.proto.summary_pb2")
 scalar_summary = lazy_import("tensorboard.plugins.scalar.summary_v2")
-record_writer = lazy_import("tensorboard.summary.writer.record_writer")
 matplotlib = lazy_import("matplotlib")
 pil_image = lazy_import("PIL.Image")
+if TYPE_CHECKING:
+    from tensorboard.summary.writer.record_writer import RecordWriter
 
 #: The folder of a work dir that holds the event files.
 TB_DIR = "tb"
@@ -153,7 +154,7 @@ class Board:
     def __init__(self, folder: Path, config: TrainConfig) -> None:
         self.folder = folder
         self.config = config
-        self._records: record_writer.RecordWriter | None = None
+        self._records: RecordWriter | None = None
         self._first_conv: tuple[str, ...] | None = None
 
     def write(self, record: LogRecord) -> None:
@@ -200,11 +201,15 @@ class Board:
         self.cut()
 
 
-def _open_event_file(folder: Path, first_step: int) -> record_writer.RecordWriter:
+def _open_event_file(folder: Path, first_step: int) -> RecordWriter:
     """Create the event file whose first record is at ``first_step``, with its header."""
+    # Imported here, not by lazy_import: that imports the parent packages at once, and
+    # tensorboard.summary's own __init__ loads its v1 and v2 APIs (80 ms at every start).
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
     folder.mkdir(parents=True, exist_ok=True)
     stream: BinaryIO = (folder / _FILE_NAME.format(first=first_step)).open("xb")
-    records = record_writer.RecordWriter(stream)
+    records = RecordWriter(stream)
     header = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
     records.write(header.SerializeToString())
     return records
