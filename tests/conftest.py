@@ -44,7 +44,8 @@ def find_fashion_mnist_dir() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One compilation cache for the session and the processes it starts, in a temp folder.
+    """One compilation cache for the session (one per pytest-xdist worker) and the processes
+    it starts, in a temp folder.
 
     The tests never write to ~/.cache, and a step compiled by one test is loaded by the next.
     """

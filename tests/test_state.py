@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from jaxcnn import models
-from jaxcnn.training.state import INIT_COMPILER_OPTIONS, create_train_state
+from jaxcnn.training.state import INIT_COMPILER_OPTIONS, create_train_state, lower_initialisation
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])  # resnet18 has BatchNorm statistics
@@ -28,3 +28,17 @@ def test_the_initial_state_is_bitwise_what_xla_default_compilation_gives(name):
     model_state = {k: v for k, v in variables.items() if k != "params"}
     chex.assert_trees_all_equal(state.model_state, model_state)
     assert (name == "resnet18") == bool(jax.tree.leaves(state.model_state))
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_the_shapes_known_before_compiling_are_those_of_the_initial_state(name):
+    model, tx = models.create_model(name, 10), optax.adam(1e-3)
+    initialisation = lower_initialisation(model, tx, jax.random.key(3), (28, 28, 1))
+    shapes = initialisation.abstract_state()  # what the job compiles its steps against
+    state = initialisation.run(initialisation.compile())
+    chex.assert_trees_all_equal_structs(shapes, state)
+    chex.assert_trees_all_equal_shapes_and_dtypes(shapes, state)
+    assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(shapes))
+    assert state.step.dtype == state.nonfinite_step.dtype == jnp.int32
+    assert state.step is not state.nonfinite_step  # two buffers, as a donated state needs
+    assert int(state.step) == int(state.nonfinite_step) == 0

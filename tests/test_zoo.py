@@ -217,7 +217,7 @@ def resnet_run(mnist, tmp_path_factory):
     start = job.StartPoint(
         placement.replicate(new_config_state(config)), Position(0, 0, config.seed), 0
     )
-    steps = job.compile_job_steps(config, splits, start, placement)
+    start, steps = job.compile_job_steps(config, splits, start, placement)
     result = job.run_training(config, splits, path, start, steps, StopRequest(), placement)
     return path, splits, result
 

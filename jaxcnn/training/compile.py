@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 
 import jax
 import numpy as np
@@ -76,6 +77,7 @@ def compile_steps(
     scan_shapes: Sequence[tuple[int, bool]] = (),
     train_split: data.Split | None = None,
     chunks: int = 1,
+    compiler: Executor | None = None,
 ) -> CompiledSteps:
     """Compile the training and evaluation steps ahead of time.
 
@@ -91,6 +93,10 @@ def compile_steps(
     too, apart, so the steps between log points run exactly the plain step. Under
     ``jax_debug_nans`` the jitted functions are returned uncompiled, since the checks
     that find the failing operation work on those.
+
+    ``state`` may hold arrays or only their shapes (``jax.ShapeDtypeStruct``). Each
+    function is traced and lowered here, one after another (Python), and compiled by
+    ``compiler``, if given, while the next is traced (XLA, outside Python's lock).
     """
     start = time.perf_counter()
     shardings = {
@@ -114,14 +120,34 @@ def compile_steps(
     if not jax.config.jax_debug_nans:
         batches = {"step": train_batch, "step_with_grad_stats": train_batch, "eval": eval_batch}
         functions = {
-            name: None if function is None else function.lower(state, batches[name]).compile()
+            name: None
+            if function is None
+            else _compile(function.lower(state, batches[name]), compiler)
             for name, function in functions.items()
         }
     scans = {
-        shape: _compile_scan(state, train_split, train_batch, placement, *shape, chunks)
+        shape: _compile(
+            _lower_scan(state, train_split, train_batch, placement, *shape, chunks), compiler
+        )
         for shape in sorted(set(scan_shapes))
     }
+    functions = {name: _result(function) for name, function in functions.items()}
+    scans = {shape: compiling.result() for shape, compiling in scans.items()}
     return CompiledSteps(**functions, seconds=time.perf_counter() - start, scans=scans or None)
+
+
+def _compile(lowered: jax.stages.Lowered, compiler: Executor | None) -> Future:
+    """Return the compilation of ``lowered``: running in ``compiler``, or done here."""
+    if compiler is not None:
+        return compiler.submit(lowered.compile)
+    done: Future = Future()
+    done.set_result(lowered.compile())
+    return done
+
+
+def _result(function: Future | StepFn | EvalFn | None) -> StepFn | EvalFn | None:
+    """Return a compiled function, waiting for it if it is still compiling."""
+    return function.result() if isinstance(function, Future) else function
 
 
 def donated_state(chunks: int) -> tuple[int, ...]:
@@ -135,7 +161,7 @@ def donated_state(chunks: int) -> tuple[int, ...]:
     return (0,) if chunks == 1 else ()
 
 
-def _compile_scan(
+def _lower_scan(
     state: TrainState,
     split: data.Split,
     train_batch: Batch,
@@ -143,8 +169,8 @@ def _compile_scan(
     length: int,
     with_grad_stats: bool,
     chunks: int,
-) -> ScanFn:
-    """Compile :func:`scan_steps` for ``length`` steps over ``split`` kept on the devices."""
+) -> jax.stages.Lowered:
+    """Lower :func:`scan_steps` for ``length`` steps over ``split`` kept on the devices."""
     replicated, columns = placement.replicated, placement.step_rows_sharding
     function = jax.jit(
         functools.partial(
@@ -161,7 +187,7 @@ def _compile_scan(
     batch_size = train_batch["mask"].shape[0]
     rows = jax.ShapeDtypeStruct((length, batch_size), np.int32, sharding=columns)
     masks = jax.ShapeDtypeStruct((length, batch_size), np.float32, sharding=columns)
-    return function.lower(state, images, labels, rows, masks).compile()
+    return function.lower(state, images, labels, rows, masks)
 
 
 def resolve_loop(kind: str) -> str:

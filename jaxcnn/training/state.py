@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import linen as nn
 from flax import struct
@@ -52,13 +54,72 @@ class TrainState:
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
-def create_train_state(
+@dataclasses.dataclass(frozen=True)
+class Initialisation:
+    """A model's and its optimizer's initialisation, traced and lowered, not yet compiled.
+
+    Its shapes are known before it is compiled (:meth:`abstract_state`), so the training
+    steps can be traced against them while it compiles (:mod:`jaxcnn.training.job`).
+
+    Attributes:
+        lowered: ``initialise(rng) -> (params, model_state, opt_state)``, lowered.
+        rng: the PRNG key it is run with.
+        apply_fn: the model's ``apply``.
+        tx: the optimizer.
+
+    """
+
+    lowered: jax.stages.Lowered
+    rng: jax.Array
+    apply_fn: Callable[..., Any]
+    tx: optax.GradientTransformation
+
+    def abstract_state(self) -> TrainState:
+        """Return the state's structure, with ``jax.ShapeDtypeStruct`` leaves and no values."""
+        params, model_state, opt_state = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), self.lowered.out_info
+        )
+        counter = jax.ShapeDtypeStruct((), jnp.int32)
+        return self._state(params, model_state, opt_state, counter, counter)
+
+    def compile(self) -> jax.stages.Compiled:
+        """Compile the initialisation (with :data:`INIT_COMPILER_OPTIONS`)."""
+        return self.lowered.compile(compiler_options=INIT_COMPILER_OPTIONS)
+
+    def run(self, compiled: jax.stages.Compiled) -> TrainState:
+        """Return the initial state: the compiled initialisation run on :attr:`rng`."""
+        params, model_state, opt_state = compiled(self.rng)
+        # Two buffers (both may be donated), put rather than computed: jnp.zeros compiles.
+        step, nonfinite_step = (jax.device_put(np.zeros((), np.int32)) for _ in range(2))
+        return self._state(params, model_state, opt_state, step, nonfinite_step)
+
+    def _state(
+        self,
+        params: PyTree,
+        model_state: PyTree,
+        opt_state: optax.OptState,
+        step: Any,
+        nonfinite_step: Any,
+    ) -> TrainState:
+        """Return the state of these variables and counters (zeros or their shapes)."""
+        return TrainState(
+            step=step,
+            params=params,
+            model_state=model_state,
+            opt_state=opt_state,
+            nonfinite_step=nonfinite_step,
+            apply_fn=self.apply_fn,
+            tx=self.tx,
+        )
+
+
+def lower_initialisation(
     model: nn.Module,
     tx: optax.GradientTransformation,
     rng: jax.Array,
     image_shape: tuple[int, int, int],
-) -> TrainState:
-    """Initialise ``model`` for images of ``image_shape`` (H, W, C) and ``tx``'s state.
+) -> Initialisation:
+    """Trace and lower the initialisation of ``model`` for images of ``image_shape`` and ``tx``.
 
     Args:
         model: a linen module called as ``model(images, train=...)``.
@@ -75,25 +136,35 @@ def create_train_state(
         return params, model_state, tx.init(params)
 
     # One compilation under jit; run op by op, the initialisers took 54 (6 s on a CPU).
-    compiled = jax.jit(initialise).lower(rng).compile(compiler_options=INIT_COMPILER_OPTIONS)
-    params, model_state, opt_state = compiled(rng)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        model_state=model_state,
-        opt_state=opt_state,
-        nonfinite_step=jnp.zeros((), jnp.int32),
-        apply_fn=model.apply,
-        tx=tx,
-    )
+    return Initialisation(jax.jit(initialise).lower(rng), rng, model.apply, tx)
 
 
-def new_state(config: TrainConfig) -> TrainState:
-    """Return the freshly initialised training state of ``config``."""
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    image_shape: tuple[int, int, int],
+) -> TrainState:
+    """Initialise ``model`` for images of ``image_shape`` (H, W, C) and ``tx``'s state.
+
+    The arguments are those of :func:`lower_initialisation`.
+    """
+    initialisation = lower_initialisation(model, tx, rng, image_shape)
+    return initialisation.run(initialisation.compile())
+
+
+def new_initialisation(config: TrainConfig) -> Initialisation:
+    """Return the lowered initialisation of ``config``'s model and optimizer."""
     spec = data.DATASETS[config.dataset]
-    return create_train_state(
+    return lower_initialisation(
         models.create_model(config.model, spec.num_classes),
         create_optimizer(config),
         jax.random.key(config.seed),
         spec.image_shape,
     )
+
+
+def new_state(config: TrainConfig) -> TrainState:
+    """Return the freshly initialised training state of ``config``."""
+    initialisation = new_initialisation(config)
+    return initialisation.run(initialisation.compile())
