@@ -156,10 +156,12 @@ class JobSteps:
     chunks: int
 
 
-#: Compilations run side by side at the start of a job. Started one after another, in
-#: one thread, the tutorial's job took 6.7-7.4 s from its imports to its first step with an
-#: empty compilation cache (1.7-1.9 s with a full one); in 2 threads 5.5-6.1 s (1.3-1.6 s);
-#: in 3 as in 2 (this project's AVX2 EPYC, 2 cores).
+#: Compilations run side by side at the start of a job. In one process, from the end of
+#: the imports to the first step of the tutorial's job, one after another took 6.7-7.4 s
+#: with an empty compilation cache and 1.7-1.9 s with a full one; in 2 threads 5.5-6.1 s
+#: and 1.3-1.6 s; in 3 as in 2 (this project's AVX2 EPYC, 2 cores, in its slow state).
+#: Whole processes, start to first step, by ``experiments/start_ab.py``: see
+#: experiments/README.md.
 COMPILE_THREADS = 2
 
 
