@@ -209,12 +209,13 @@ def run_job(command: list[str]) -> tuple[float, float]:
 
 
 def run_logged(
-    command: list[str], env: dict[str, str]
+    command: list[str], env: dict[str, str], cwd: Path = REPO
 ) -> tuple[float, float, list[tuple[float, str]]]:
-    """Run ``command`` to its end; return its wall seconds, peak memory in GB and, for each
-    line it printed, the seconds since launch at which the line arrived (with its text)."""
+    """Run ``command`` in ``cwd`` to its end; return its wall seconds, peak memory in GB and,
+    for each line it printed, the seconds since launch at which the line arrived (with its
+    text)."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, text=True, env=env)
     lines = [(time.perf_counter() - start, line) for line in process.stdout]
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
@@ -280,12 +281,15 @@ def tutorial_phases(args: argparse.Namespace, scratch: str) -> dict[str, float]:
     )
 
 
-def seconds_to_first_step(args: argparse.Namespace, workdir: str, cache_dir: str) -> float:
-    """Run ``python -m jaxcnn.train`` for one step with its compilation cache in
-    ``cache_dir``; return the seconds from launch to its ``compiled`` line."""
+def seconds_to_first_step(
+    args: argparse.Namespace, workdir: str, cache_dir: str, tree: Path = REPO
+) -> float:
+    """Run ``python -m jaxcnn.train`` for one step from the source tree ``tree``, with its
+    compilation cache in ``cache_dir``; return the seconds from launch to its ``compiled``
+    line (``python -m`` puts ``tree`` first on ``sys.path``)."""
     command = train_command(args, workdir, "--max-steps", "1")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAXCNN_COMPILATION_CACHE": cache_dir}
-    _, _, lines = run_logged(command, env)
+    _, _, lines = run_logged(command, env, cwd=tree)
     return next(t for t, text in lines if text.startswith("compiled"))
 
 
