@@ -282,12 +282,13 @@ def tutorial_phases(args: argparse.Namespace, scratch: str) -> dict[str, float]:
 
 
 def seconds_to_first_step(
-    args: argparse.Namespace, workdir: str, cache_dir: str, tree: Path = REPO
+    args: argparse.Namespace, workdir: str, cache_dir: str, tree: Path = REPO, max_steps: int = 1
 ) -> float:
-    """Run ``python -m jaxcnn.train`` for one step from the source tree ``tree``, with its
-    compilation cache in ``cache_dir``; return the seconds from launch to its ``compiled``
-    line (``python -m`` puts ``tree`` first on ``sys.path``)."""
-    command = train_command(args, workdir, "--max-steps", "1")
+    """Run ``python -m jaxcnn.train`` up to step ``max_steps`` (one step in a new
+    ``workdir``) from the source tree ``tree``, with its compilation cache in
+    ``cache_dir``; return the seconds from launch to its ``compiled`` line (``python -m``
+    puts ``tree`` first on ``sys.path``)."""
+    command = train_command(args, workdir, "--max-steps", str(max_steps))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAXCNN_COMPILATION_CACHE": cache_dir}
     _, _, lines = run_logged(command, env, cwd=tree)
     return next(t for t, text in lines if text.startswith("compiled"))

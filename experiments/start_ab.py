@@ -9,6 +9,9 @@ its ``compiled ...`` line, after which the loop dispatches the first step
     git worktree add /tmp/before <commit>
     python experiments/start_ab.py --before /tmp/before --after . --data-dir DIR [--rounds 6]
 
+With ``--resume`` each run resumes instead: it starts from a copy of a work dir whose run
+stopped after one step (written once, by the ``before`` tree) and runs one step more.
+
 The trees run with this interpreter, from their own folders, on a data dir already
 prepared.
 """
@@ -16,11 +19,23 @@ prepared.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
 
 from bench import REPO, seconds_to_first_step
+
+
+def timed_start(
+    args: argparse.Namespace, workdir: str, cache_dir: str, tree: Path, template: str | None
+) -> float:
+    """Return the seconds to the first step of a new run in ``workdir``, or, given the
+    ``template`` work dir of a run stopped after one step, of that run resumed there."""
+    if template is None:
+        return seconds_to_first_step(args, workdir, cache_dir, tree)
+    shutil.copytree(template, workdir)
+    return seconds_to_first_step(args, workdir, cache_dir, tree, max_steps=2)
 
 
 def main() -> None:
@@ -30,22 +45,26 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True, help="a prepared tfds data dir")
     parser.add_argument("--manual-dir", default=str(REPO.parent / "shared/data/mnist"))
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--resume", action="store_true", help="time resumed runs")
     args = parser.parse_args()
     trees = {"before": Path(args.before).resolve(), "after": Path(args.after).resolve()}
     times: dict[str, list[float]] = {
         f"{name} {kind}": [] for name in trees for kind in ("empty", "warm")
     }
     with tempfile.TemporaryDirectory(prefix="start_ab_") as scratch:
+        template = f"{scratch}/stopped-after-one-step" if args.resume else None
+        if template:
+            seconds_to_first_step(args, template, f"{scratch}/cache-template", trees["before"])
         for name, tree in trees.items():  # fill each tree's warm cache
-            seconds_to_first_step(args, f"{scratch}/fill-{name}", f"{scratch}/cache-{name}", tree)
+            timed_start(args, f"{scratch}/fill-{name}", f"{scratch}/cache-{name}", tree, template)
         for index in range(args.rounds):
             for name in list(trees) if index % 2 == 0 else list(trees)[::-1]:
                 run, tree = f"{scratch}/{name}-{index}", trees[name]
                 times[f"{name} empty"].append(
-                    seconds_to_first_step(args, f"{run}-empty", f"{run}-cache", tree)
+                    timed_start(args, f"{run}-empty", f"{run}-cache", tree, template)
                 )
                 times[f"{name} warm"].append(
-                    seconds_to_first_step(args, f"{run}-warm", f"{scratch}/cache-{name}", tree)
+                    timed_start(args, f"{run}-warm", f"{scratch}/cache-{name}", tree, template)
                 )
     for label, values in times.items():
         each = ", ".join(f"{value:.2f}" for value in values)

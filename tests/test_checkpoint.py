@@ -9,10 +9,11 @@ import optax
 import pytest
 
 from jaxcnn import models
+from jaxcnn.config import TrainConfig
 from jaxcnn.errors import CheckpointError
 from jaxcnn.training import step as steps
 from jaxcnn.training.checkpoints import Checkpoints
-from jaxcnn.training.state import TrainState, create_train_state
+from jaxcnn.training.state import TrainState, create_train_state, state_shapes
 from jaxcnn.training.timetable import Position
 
 
@@ -42,6 +43,23 @@ def test_round_trip_restores_equal_trees_and_position(tmp_path):
     chex.assert_trees_all_equal(restored.params, state.params)
     chex.assert_trees_all_equal(restored.opt_state, state.opt_state)
     assert int(restored.step) == 1 and restored_position == position
+
+
+def test_a_checkpoint_restores_into_the_shapes_alone(tmp_path):
+    config = TrainConfig().validate()
+    state = at_step(new_state(), 7).replace(nonfinite_step=jnp.asarray(0, jnp.int32))
+    checkpoints = Checkpoints(tmp_path)
+    checkpoints.save(state, Position(0, 7, 0), test_accuracy=0.5)
+    shapes = state_shapes(config)  # traced only: no initialisation is compiled or run
+    assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(shapes))
+    restored, _ = checkpoints.restore(7, like=shapes)
+    checkpoints.close()
+    chex.assert_trees_all_equal(restored.params, state.params)
+    chex.assert_trees_all_equal(restored.opt_state, state.opt_state)
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(restored))
+    assert int(restored.step) == 7 and int(restored.nonfinite_step) == 0
+    assert restored.nonfinite_step is not restored.step  # two buffers, as a donated state needs
+    assert restored.params["out"]["kernel"].sharding == shapes.params["out"]["kernel"].sharding
 
 
 def test_keeps_the_newest_n_and_the_best(tmp_path):

@@ -152,8 +152,11 @@ class Checkpoints:
     def restore(self, step: int, like: TrainState) -> tuple[TrainState, Position]:
         """Return the state and position saved at ``step``, shaped and typed like ``like``.
 
-        The arrays come back with ``like``'s shardings, so a checkpoint written by any
-        number of devices or processes restores onto any other layout.
+        ``like`` may hold arrays or only their shapes (``jax.ShapeDtypeStruct`` with a
+        sharding, :func:`jaxcnn.training.state.state_shapes`). The arrays come back with
+        its shardings, so a checkpoint written by any number of devices or processes
+        restores onto any other layout. ``nonfinite_step`` comes back 0: a checkpoint is
+        written only after a check that every step before it was finite.
 
         Raises:
             CheckpointError: no complete checkpoint at ``step``, or it cannot be read as
@@ -178,6 +181,7 @@ class Checkpoints:
             params=tree["params"],
             model_state=tree["model_state"],
             opt_state=tree["opt_state"],
+            nonfinite_step=_placed_zero(tree["step"]),
         )
         return state, position
 
@@ -202,6 +206,12 @@ class Checkpoints:
         """Wait for pending work and release the manager, if it was opened."""
         if "_manager" in self.__dict__:
             self._manager.close()
+
+
+def _placed_zero(like: jax.Array) -> jax.Array:
+    """Return a new array of zeros with ``like``'s shape, dtype and sharding, put, not computed."""
+    zeros = np.zeros(like.shape, like.dtype)
+    return jax.make_array_from_callback(like.shape, like.sharding, lambda index: zeros[index])
 
 
 def _abstract_leaf(leaf: Any) -> jax.ShapeDtypeStruct:

@@ -45,7 +45,7 @@ from jaxcnn.training.report import (
 from jaxcnn.training.resources import check_batch_sizes, check_memory
 from jaxcnn.training.scan_loop import scan_shapes, train_and_evaluate_scanned
 from jaxcnn.training.signals import StopRequest, stop_on_signals
-from jaxcnn.training.state import Initialisation, TrainState, new_initialisation, new_state
+from jaxcnn.training.state import Initialisation, TrainState, new_initialisation, state_shapes
 from jaxcnn.training.timetable import Position, Timetable
 
 
@@ -186,7 +186,7 @@ def compile_job_steps(
             (see :mod:`jaxcnn.training.resources`).
     """
     fresh = isinstance(start, Initialisation)
-    state = placement.replicated_shapes(start.abstract_state()) if fresh else start.state
+    state = start.abstract_state(placement.replicated) if fresh else start.state
     position = Position(0, 0, config.seed) if fresh else start.position
     loop_kind = resolve_loop(config.loop)
     chunks = resolve_chunks(config.chunks, state, placement, config.batch_size)
@@ -326,7 +326,7 @@ def restore_latest(
         step = checkpoints.latest_step()
         if step is None:
             return None
-        like = placement.replicate(new_state(config))
+        like = state_shapes(config, placement.replicated)
         state, position = checkpoints.restore(step, like=like)
     finally:
         checkpoints.close()

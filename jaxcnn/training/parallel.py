@@ -153,13 +153,6 @@ class Placement:
         """
         return jax.tree.map(lambda leaf: _global_array(leaf, self.replicated), tree)
 
-    def replicated_shapes(self, tree: PyTree) -> PyTree:
-        """Return ``tree``'s leaves as shapes and dtypes that :meth:`replicate` would place."""
-        return jax.tree.map(
-            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=self.replicated),
-            tree,
-        )
-
     @property
     def step_rows_sharding(self) -> NamedSharding:
         """The sharding of the rows of several steps (steps × batch): the batch axis split."""

@@ -74,12 +74,18 @@ class Initialisation:
     apply_fn: Callable[..., Any]
     tx: optax.GradientTransformation
 
-    def abstract_state(self) -> TrainState:
-        """Return the state's structure, with ``jax.ShapeDtypeStruct`` leaves and no values."""
+    def abstract_state(self, sharding: jax.sharding.Sharding | None = None) -> TrainState:
+        """Return the state's structure, with ``jax.ShapeDtypeStruct`` leaves and no values.
+
+        Each leaf carries ``sharding`` (none by default): what the steps are compiled
+        against, and what a checkpoint is restored into, without running the
+        initialisation (:func:`state_shapes`).
+        """
         params, model_state, opt_state = jax.tree.map(
-            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), self.lowered.out_info
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+            self.lowered.out_info,
         )
-        counter = jax.ShapeDtypeStruct((), jnp.int32)
+        counter = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding)
         return self._state(params, model_state, opt_state, counter, counter)
 
     def compile(self) -> jax.stages.Compiled:
@@ -162,6 +168,18 @@ def new_initialisation(config: TrainConfig) -> Initialisation:
         jax.random.key(config.seed),
         spec.image_shape,
     )
+
+
+def state_shapes(config: TrainConfig, sharding: jax.sharding.Sharding | None = None) -> TrainState:
+    """Return the shapes of ``config``'s training state, each leaf placed with ``sharding``.
+
+    Traced, not compiled or run: a checkpoint is restored into these
+    (:meth:`jaxcnn.training.checkpoints.Checkpoints.restore`), so restoring one costs no
+    compilation of the initialisation. ``sharding`` defaults to the first local device.
+    """
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return new_initialisation(config).abstract_state(sharding)
 
 
 def new_state(config: TrainConfig) -> TrainState:

@@ -32,7 +32,7 @@ from jaxcnn.errors import (
     writing,
 )
 from jaxcnn.training.checkpoints import CHECKPOINT_DIR, Checkpoints
-from jaxcnn.training.state import TrainState, new_state
+from jaxcnn.training.state import TrainState, state_shapes
 from jaxcnn.training.timetable import Position
 
 CONFIG = "config.json"
@@ -206,7 +206,7 @@ def restore_run(
         chosen = checkpoints.latest_step() if step is None else step
         if chosen is None:
             raise CheckpointError(f"--workdir {str(workdir)!r} holds no complete checkpoint")
-        state, position = checkpoints.restore(chosen, like=new_state(config))
+        state, position = checkpoints.restore(chosen, like=state_shapes(config))
     finally:
         checkpoints.close()
     return config, state, position, chosen
