@@ -34,11 +34,13 @@ def test_the_initial_state_is_bitwise_what_xla_default_compilation_gives(name):
 def test_the_shapes_known_before_compiling_are_those_of_the_initial_state(name):
     model, tx = models.create_model(name, 10), optax.adam(1e-3)
     initialisation = lower_initialisation(model, tx, jax.random.key(3), (28, 28, 1))
-    shapes = initialisation.abstract_state()  # what the job compiles its steps against
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shapes = initialisation.state_shapes(device)  # what the job compiles its steps against
     state = initialisation.run(initialisation.compile())
     chex.assert_trees_all_equal_structs(shapes, state)
     chex.assert_trees_all_equal_shapes_and_dtypes(shapes, state)
     assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(shapes))
     assert state.step.dtype == state.nonfinite_step.dtype == jnp.int32
-    assert state.step is not state.nonfinite_step  # two buffers, as a donated state needs
+    # two buffers, as a donated state needs
+    assert state.step.unsafe_buffer_pointer() != state.nonfinite_step.unsafe_buffer_pointer()
     assert int(state.step) == int(state.nonfinite_step) == 0

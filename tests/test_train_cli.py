@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,24 @@ def test_an_unusable_compilation_cache_folder_is_refused(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "$JAXCNN_COMPILATION_CACHE" in err
     assert str(blocker / "cache") in err and not workdir.exists()
+
+
+def test_ctrl_c_while_compiling_exits_130_with_one_line_and_writes_nothing(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "jaxcnn.train", "--data-dir", str(data_dir)]
+    command += ["--workdir", str(workdir), "--max-steps", "5", "--loop", "scan", "--log-grads"]
+    process = subprocess.Popen(
+        [*command, "--no-compilation-cache"],  # so that compiling takes seconds
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout.readline().startswith("backend: ")
+    time.sleep(1.0)  # into tracing and compiling the initial state and five functions
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT
+    assert err == "python -m jaxcnn.train: interrupted\n"  # no traceback, no warning
+    assert "compiled" not in out  # it stopped while compiling
+    assert not workdir.exists()

@@ -20,7 +20,6 @@ from jaxcnn.training.evaluation import evaluate
 from jaxcnn.training.signals import StopRequest
 from jaxcnn.training.state import TrainState, create_train_state
 from jaxcnn.training.state import new_state as new_config_state
-from jaxcnn.training.timetable import Position
 
 #: torchvision's counts for 224×224×3 images and 1000 classes.
 IMAGENET_PARAMS = {"vgg16": 138_357_544, "resnet18": 11_689_512, "resnet34": 21_797_672}
@@ -214,10 +213,7 @@ def resnet_run(mnist, tmp_path_factory):
     path.mkdir()
     workdir.write_json(path / workdir.CONFIG, config.to_dict())
     placement = parallel.create_placement(1)
-    start = job.StartPoint(
-        placement.replicate(new_config_state(config)), Position(0, 0, config.seed), 0
-    )
-    start, steps = job.compile_job_steps(config, splits, start, placement)
+    start, steps = job.prepare_start_and_steps(config, splits, None, placement)  # a new run
     result = job.run_training(config, splits, path, start, steps, StopRequest(), placement)
     return path, splits, result
 

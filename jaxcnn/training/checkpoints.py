@@ -33,7 +33,7 @@ import numpy as np
 from jaxcnn.errors import CheckpointError, WriteError, describe_os_error
 from jaxcnn.lazy import lazy_import
 from jaxcnn.quiet import absl_errors_only, write_failure_echoes_silenced
-from jaxcnn.training.parallel import host_value
+from jaxcnn.training.parallel import global_array, host_value
 from jaxcnn.training.state import TrainState
 from jaxcnn.training.timetable import Position
 from jaxcnn.trees import named_leaves
@@ -210,13 +210,19 @@ class Checkpoints:
 
 def _placed_zero(like: jax.Array) -> jax.Array:
     """Return a new array of zeros with ``like``'s shape, dtype and sharding, put, not computed."""
-    zeros = np.zeros(like.shape, like.dtype)
-    return jax.make_array_from_callback(like.shape, like.sharding, lambda index: zeros[index])
+    return global_array(np.zeros(like.shape, like.dtype), like.sharding)
 
 
 def _abstract_leaf(leaf: Any) -> jax.ShapeDtypeStruct:
-    """Return the shape, dtype and (for a placed array) sharding that ``leaf`` restores to."""
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None))
+    """Return the shape, dtype and sharding that ``leaf`` restores to.
+
+    The sharding is the leaf's own, or, for a leaf without one, the first local device,
+    so that every leaf comes back a ``jax.Array``.
+    """
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
 def _check_like(tree: Any, abstract: Any) -> None:

@@ -45,7 +45,9 @@ class CompiledSteps:
         step_with_grad_stats: the training step that also returns per-layer gradient
             norms and update ratios (``--log-grads``), used at log points only; or None.
         eval: the evaluation step.
-        seconds: time spent compiling them.
+        seconds: time spent compiling them; in a job
+            (:func:`jaxcnn.training.job.prepare_start_and_steps`), also compiling and
+            running a new run's initialisation, which compiles beside them.
         scans: for the compiled loop (``--loop scan``), :func:`scan_steps` compiled for
             each (number of steps, with gradient statistics) the run needs; else None.
     """

@@ -1,7 +1,8 @@
 """A training job: everything ``python -m jaxcnn.train`` does around the loop.
 
 :func:`run_job` joins the devices (and processes), checks and locks the work dir,
-restores the newest checkpoint, loads the data, compiles the steps, runs the loop
+restores the newest checkpoint, loads the data, compiles the steps (and a new run's
+initial state, side by side: :func:`prepare_start_and_steps`), runs the loop
 (:func:`jaxcnn.training.loop.train_and_evaluate`) with its log lines, progress bar,
 TensorBoard and checkpoints, records the run's status and writes its summary.
 """
@@ -45,7 +46,7 @@ from jaxcnn.training.report import (
 from jaxcnn.training.resources import check_batch_sizes, check_memory
 from jaxcnn.training.scan_loop import scan_shapes, train_and_evaluate_scanned
 from jaxcnn.training.signals import StopRequest, stop_on_signals
-from jaxcnn.training.state import Initialisation, TrainState, new_initialisation, state_shapes
+from jaxcnn.training.state import TrainState, new_initialisation, state_shapes
 from jaxcnn.training.timetable import Position, Timetable
 
 
@@ -94,18 +95,16 @@ def run_job(config: TrainConfig, options: JobOptions) -> int:
         if saved is not None and primary:  # a run is there: lock it before reading it
             context.enter_context(workdir.exclusive(requested))
         print(f"backend: {jax.default_backend()}, {describe_devices(placement)}", flush=True)
-        start = restore_latest(requested, config, placement)
-        if start or saved:
-            print(describe_start(start, requested), flush=True)
+        restored = restore_latest(requested, config, placement)
+        if restored or saved:
+            print(describe_start(restored, requested), flush=True)
         splits = data.load_dataset(
             config.dataset,
             data.resolve_data_dir(options.data_dir),
             data.resolve_manual_dir(options.manual_dir),
         )
         check_batch_sizes(config, splits)
-        start, steps = compile_job_steps(  # before any write
-            config, splits, start or new_initialisation(config), placement
-        )
+        start, steps = prepare_start_and_steps(config, splits, restored, placement)  # no write yet
         path = requested
         stop = StopRequest()
         try:
@@ -165,18 +164,22 @@ class JobSteps:
 COMPILE_THREADS = 2
 
 
-def compile_job_steps(
+def prepare_start_and_steps(
     config: TrainConfig,
     splits: dict[str, data.Split],
-    start: StartPoint | Initialisation,
+    restored: StartPoint | None,
     placement: parallel.Placement,
 ) -> tuple[StartPoint, JobSteps]:
-    """Compile the job's steps, and a new run's initial state, say so, and check the memory.
+    """Compile the job's steps (and a new run's initial state), say so, check the memory.
 
-    A new run starts from its :class:`Initialisation`, lowered but not compiled: it
-    compiles in one thread while the steps are traced against its shapes, and each step
-    compiles while the next is traced (:func:`compile_steps`). A resumed run starts from
-    its restored :class:`StartPoint`.
+    This is where the tutorial's ``net = CNN()`` and ``optimizer = optim.Adam(...)``
+    happen for a new run: :func:`jaxcnn.training.state.new_initialisation` traces
+    ``model.init`` and ``tx.init``. A resumed run starts from its ``restored`` point.
+
+    Python traces and lowers each function on this thread, one after another; XLA
+    compiles them in :data:`COMPILE_THREADS` threads, each while the next is traced: a
+    new run's initialisation first, then the steps, traced against its shapes
+    (:func:`compile_steps`).
 
     Returns:
         The start point (a new run's initial state, placed on the devices) and the steps.
@@ -185,31 +188,38 @@ def compile_job_steps(
         UsageError: the compiled steps and their data need more memory than there is
             (see :mod:`jaxcnn.training.resources`).
     """
-    fresh = isinstance(start, Initialisation)
-    state = start.abstract_state(placement.replicated) if fresh else start.state
-    position = Position(0, 0, config.seed) if fresh else start.position
+    initialisation = None if restored else new_initialisation(config)
+    state = restored.state if restored else initialisation.state_shapes(placement.replicated)
+    position = restored.position if restored else Position(0, 0, config.seed)
     loop_kind = resolve_loop(config.loop)
     chunks = resolve_chunks(config.chunks, state, placement, config.batch_size)
     num_train = len(splits["train"])
-    with counting_cache_hits() as cache, ThreadPoolExecutor(COMPILE_THREADS) as compiler:
-        began = time.perf_counter()
-        initial = compiler.submit(start.compile) if fresh else None
-        compiled = compile_steps(
-            state,
-            *example_batches(config, splits, placement),
-            placement,
-            config.log_grads,
-            scan_shapes=scan_shapes(config, num_train, position) if loop_kind == "scan" else (),
-            train_split=splits["train"],
-            chunks=chunks,
-            compiler=compiler,
-        )
-        if initial is not None:
-            state = placement.replicate(start.run(initial.result()))
-            start = StartPoint(state, position, 0)
-        compiled = dataclasses.replace(compiled, seconds=time.perf_counter() - began)
+    compiler, wait_for_compiler = ThreadPoolExecutor(COMPILE_THREADS), True
+    try:
+        with counting_cache_hits() as cache:
+            began = time.perf_counter()
+            compiling_init = None if restored else compiler.submit(initialisation.compile)
+            compiled = compile_steps(
+                state,
+                *example_batches(config, splits, placement),
+                placement,
+                config.log_grads,
+                scan_shapes=scan_shapes(config, num_train, position) if loop_kind == "scan" else (),
+                train_split=splits["train"],
+                chunks=chunks,
+                compiler=compiler,
+            )
+            start = restored or StartPoint(
+                placement.replicate(initialisation.run(compiling_init.result())), position, 0
+            )
+            compiled = dataclasses.replace(compiled, seconds=time.perf_counter() - began)
+    except KeyboardInterrupt:  # Ctrl-C: the compilations in flight end with the process
+        wait_for_compiler = False
+        raise
+    finally:  # on Ctrl-C or an error, drop the compilations not yet started
+        compiler.shutdown(wait=wait_for_compiler, cancel_futures=True)
     print(
-        f"compiled {'the initial state, ' if fresh else ''}train and eval steps in "
+        f"compiled {'' if restored else 'the initial state, '}train and eval steps in "
         f"{compiled.seconds:.2f} s ({loop_kind} loop, {chunks} chunk{'s' if chunks > 1 else ''} "
         f"per batch; {cache.describe()})",
         flush=True,

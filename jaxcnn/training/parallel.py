@@ -151,7 +151,7 @@ class Placement:
 
         The training state is placed so, and, for the compiled loop, the training split.
         """
-        return jax.tree.map(lambda leaf: _global_array(leaf, self.replicated), tree)
+        return jax.tree.map(lambda leaf: global_array(leaf, self.replicated), tree)
 
     @property
     def step_rows_sharding(self) -> NamedSharding:
@@ -205,7 +205,7 @@ def host_value(leaf: Any) -> np.ndarray:
     return np.asarray(leaf)
 
 
-def _global_array(leaf: Any, sharding: NamedSharding) -> jax.Array:
+def global_array(leaf: Any, sharding: jax.sharding.Sharding) -> jax.Array:
     """Return ``leaf`` (the same value in every process) as a global array with ``sharding``."""
     value = host_value(leaf)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])

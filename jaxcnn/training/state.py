@@ -54,11 +54,11 @@ class TrainState:
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Initialisation:
     """A model's and its optimizer's initialisation, traced and lowered, not yet compiled.
 
-    Its shapes are known before it is compiled (:meth:`abstract_state`), so the training
+    Its shapes are known before it is compiled (:meth:`state_shapes`), so the training
     steps can be traced against them while it compiles (:mod:`jaxcnn.training.job`).
 
     Attributes:
@@ -74,12 +74,12 @@ class Initialisation:
     apply_fn: Callable[..., Any]
     tx: optax.GradientTransformation
 
-    def abstract_state(self, sharding: jax.sharding.Sharding | None = None) -> TrainState:
+    def state_shapes(self, sharding: jax.sharding.Sharding) -> TrainState:
         """Return the state's structure, with ``jax.ShapeDtypeStruct`` leaves and no values.
 
-        Each leaf carries ``sharding`` (none by default): what the steps are compiled
-        against, and what a checkpoint is restored into, without running the
-        initialisation (:func:`state_shapes`).
+        Each leaf carries ``sharding``: what the steps are compiled against, and what a
+        checkpoint is restored into, without running the initialisation
+        (:func:`state_shapes`).
         """
         params, model_state, opt_state = jax.tree.map(
             lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
@@ -91,6 +91,10 @@ class Initialisation:
     def compile(self) -> jax.stages.Compiled:
         """Compile the initialisation (with :data:`INIT_COMPILER_OPTIONS`)."""
         return self.lowered.compile(compiler_options=INIT_COMPILER_OPTIONS)
+
+    def initial_state(self) -> TrainState:
+        """Compile and run the initialisation: the initial state, on the default device."""
+        return self.run(self.compile())
 
     def run(self, compiled: jax.stages.Compiled) -> TrainState:
         """Return the initial state: the compiled initialisation run on :attr:`rng`."""
@@ -155,8 +159,7 @@ def create_train_state(
 
     The arguments are those of :func:`lower_initialisation`.
     """
-    initialisation = lower_initialisation(model, tx, rng, image_shape)
-    return initialisation.run(initialisation.compile())
+    return lower_initialisation(model, tx, rng, image_shape).initial_state()
 
 
 def new_initialisation(config: TrainConfig) -> Initialisation:
@@ -173,16 +176,16 @@ def new_initialisation(config: TrainConfig) -> Initialisation:
 def state_shapes(config: TrainConfig, sharding: jax.sharding.Sharding | None = None) -> TrainState:
     """Return the shapes of ``config``'s training state, each leaf placed with ``sharding``.
 
-    Traced, not compiled or run: a checkpoint is restored into these
+    The initialisation is traced, not compiled or run (only its PRNG key is made): a
+    checkpoint is restored into these shapes
     (:meth:`jaxcnn.training.checkpoints.Checkpoints.restore`), so restoring one costs no
     compilation of the initialisation. ``sharding`` defaults to the first local device.
     """
     if sharding is None:
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return new_initialisation(config).abstract_state(sharding)
+    return new_initialisation(config).state_shapes(sharding)
 
 
 def new_state(config: TrainConfig) -> TrainState:
     """Return the freshly initialised training state of ``config``."""
-    initialisation = new_initialisation(config)
-    return initialisation.run(initialisation.compile())
+    return new_initialisation(config).initial_state()
