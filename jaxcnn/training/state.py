@@ -74,12 +74,12 @@ class Initialisation:
     apply_fn: Callable[..., Any]
     tx: optax.GradientTransformation
 
-    def state_shapes(self, sharding: jax.sharding.Sharding) -> TrainState:
+    def state_shapes(self, sharding: jax.sharding.Sharding | None = None) -> TrainState:
         """Return the state's structure, with ``jax.ShapeDtypeStruct`` leaves and no values.
 
-        Each leaf carries ``sharding``: what the steps are compiled against, and what a
-        checkpoint is restored into, without running the initialisation
-        (:func:`state_shapes`).
+        Each leaf carries ``sharding`` (none by default): what the steps are compiled
+        against, and what a checkpoint is restored into, without running the
+        initialisation (:func:`state_shapes`).
         """
         params, model_state, opt_state = jax.tree.map(
             lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
@@ -178,11 +178,10 @@ def state_shapes(config: TrainConfig, sharding: jax.sharding.Sharding | None = N
 
     The initialisation is traced, not compiled or run (only its PRNG key is made): a
     checkpoint is restored into these shapes
-    (:meth:`jaxcnn.training.checkpoints.Checkpoints.restore`), so restoring one costs no
-    compilation of the initialisation. ``sharding`` defaults to the first local device.
+    (:meth:`jaxcnn.training.checkpoints.Checkpoints.restore`, which places a leaf without
+    a sharding on the first local device), so restoring one costs no compilation of the
+    initialisation.
     """
-    if sharding is None:
-        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return new_initialisation(config).state_shapes(sharding)
 
 
