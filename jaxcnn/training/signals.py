@@ -36,8 +36,17 @@ class StopRequest:
 
 @contextlib.contextmanager
 def stop_on_signals(request: StopRequest) -> Iterator[None]:
-    """Route SIGINT and SIGTERM to ``request`` inside the block."""
-    previous = {sig: signal.signal(sig, request.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """Route SIGINT and SIGTERM to ``request`` inside the block.
+
+    A signal the process was started with ignored stays ignored, as Python itself leaves
+    it: a job started in the background of a script (``python -m jaxcnn.train ... &``) or
+    under ``nohup`` is not stopped by the Ctrl-C meant for its parent.
+    """
+    previous = {
+        sig: signal.signal(sig, request.handle)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:
