@@ -12,13 +12,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from helpers.common import file_digests, read_pictures, read_scalars, run_cli
+from helpers.common import PYTHON_WITH_CTRL_C, file_digests, read_pictures, read_scalars, run_cli
 
 from jaxcnn import train
 from jaxcnn.training import workdir as workdir_lib
@@ -48,9 +47,9 @@ def reference(data_dir, tmp_path_factory) -> Path:
 
 
 def start_training(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start a training process whose stdout can be read line by line."""
+    """Start a training process whose stdout can be read line by line, and Ctrl-C stops."""
     process = subprocess.Popen(
-        [sys.executable, *args],
+        [*PYTHON_WITH_CTRL_C, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

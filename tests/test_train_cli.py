@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.common import run_cli
+from helpers.common import PYTHON_WITH_CTRL_C, run_cli, signal_masks
 
 from jaxcnn import data, train
 
@@ -192,12 +192,7 @@ def test_an_unusable_compilation_cache_folder_is_refused(tmp_path, monkeypatch, 
 
 def test_ctrl_c_while_compiling_exits_130_with_one_line_and_writes_nothing(data_dir, tmp_path):
     workdir = tmp_path / "run"
-    # Ctrl-C delivered as a terminal's program has it, then the command itself: a test worker
-    # may run with SIGINT ignored or blocked (CI's is blocked), and a child inherits both
-    with_ctrl_c = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    with_ctrl_c += "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
-    with_ctrl_c += "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
-    command = [sys.executable, "-c", with_ctrl_c, "-m", "jaxcnn.train", "--data-dir", str(data_dir)]
+    command = [*PYTHON_WITH_CTRL_C, "-m", "jaxcnn.train", "--data-dir", str(data_dir)]
     command += ["--workdir", str(workdir), "--max-steps", "5", "--loop", "scan", "--log-grads"]
     process = subprocess.Popen(
         [*command, "--no-compilation-cache"],  # so that compiling takes seconds
@@ -208,9 +203,10 @@ def test_ctrl_c_while_compiling_exits_130_with_one_line_and_writes_nothing(data_
     )
     assert process.stdout.readline().startswith("backend: ")
     time.sleep(1.0)  # into tracing and compiling the initial state and five functions
+    masks = signal_masks(process.pid)  # for the message, should the signal be lost
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=300)
-    assert process.returncode == 128 + signal.SIGINT
+    assert process.returncode == 128 + signal.SIGINT, (masks, out, err)
     assert err == "python -m jaxcnn.train: interrupted\n"  # no traceback, no warning
     assert "compiled" not in out  # it stopped while compiling
     assert not workdir.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,25 @@ def run_cli(cli_main: Callable[[list[str]], int], argv: list[str]) -> int:
         return cli_main(argv)
     except SystemExit as stop:
         return int(stop.code)
+
+
+#: Python as a terminal starts it, in place of ``sys.executable`` for a process that a test
+#: sends SIGINT: SIGINT's default action restored and SIGINT unblocked, then the command
+#: itself (same process, through exec). A test worker may run with SIGINT ignored or
+#: blocked, and a child inherits both.
+PYTHON_WITH_CTRL_C = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
+]
+
+
+def signal_masks(pid: int) -> str:
+    """Return the blocked, ignored and caught signal masks of process ``pid`` (Linux)."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return " ".join(line for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
 
 
 def file_digests(folder: Path) -> dict[str, str]:
