@@ -30,6 +30,7 @@ from jaxcnn.errors import (
     UsageError,
     WriteError,
 )
+from jaxcnn.training.signals import ctrl_c_never_lost
 
 #: How a config field's type is parsed from its flag's text, when its flag says nothing else.
 PARSERS: dict[str, Callable[[str], Any]] = {"int": int, "int | None": int, "float": float}
@@ -190,7 +191,8 @@ def run_command(prog: str, main: Callable[[Sequence[str] | None], int]) -> Calla
 
     def wrapped(argv: Sequence[str] | None = None) -> int:
         try:
-            return main(argv)
+            with ctrl_c_never_lost():
+                return main(argv)
         except (UsageError, DataError, CheckpointError) as error:
             print(f"{prog}: error: {error}", file=sys.stderr)
             return EXIT_USAGE
