@@ -6,18 +6,31 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from jaxcnn.training import signals
 from jaxcnn.training.signals import StopRequest, ctrl_c_never_lost, stop_on_signals
+
+
+@contextlib.contextmanager
+def sigint_unblocked() -> Iterator[None]:
+    """SIGINT unblocked in this thread (a test worker may run with it blocked)."""
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 @pytest.fixture
 def sigint_ignored():
     """SIGINT ignored, as in a job started with ``&`` by a script or under ``nohup``."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    yield
+    with sigint_unblocked():  # so that an ignored SIGINT is dropped, not left pending
+        yield
     signal.signal(signal.SIGINT, previous)
 
 
@@ -28,33 +41,49 @@ def ctrl_c_raises():
     A test worker may run with SIGINT ignored or blocked.
     """
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    yield
-    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    with sigint_unblocked():
+        yield
     signal.signal(signal.SIGINT, previous)
 
 
-@contextlib.contextmanager
-def ctrl_c_in_a_collection() -> Iterator[list[int]]:
-    """Make a Ctrl-C arrive inside the garbage collector's callback, as it can in JAX's.
+def ctrl_c() -> None:
+    """Press Ctrl-C: SIGINT's Python handler runs at the next bytecode, in the code running."""
+    _thread.interrupt_main()
+    time.sleep(0)  # a bytecode more here, where the KeyboardInterrupt is raised
 
-    Yields the Ctrl-Cs sent, one by the callback at the start of the block's first
-    ``gc.collect()`` (automatic collections are off inside the block).
-    """
-    sent = []
+
+@contextlib.contextmanager
+def in_a_gc_callback(then: Callable[[], None]) -> Iterator[Callable[[], None]]:
+    """Yield a function that runs ``then`` inside the garbage collector's callback, as JAX's."""
 
     def callback(phase: str, info: dict) -> None:
-        if phase == "start" and not sent:
-            _thread.interrupt_main()  # Ctrl-C: its handler runs at the next bytecode, here
-            sent.append(signal.SIGINT)
+        if phase == "start":
+            then()
 
-    gc.disable()
+    enabled = gc.isenabled()
+    gc.disable()  # no automatic collection in the block: only the one asked for
     gc.callbacks.append(callback)
     try:
-        yield sent
+        yield gc.collect
     finally:
         gc.callbacks.remove(callback)
-        gc.enable()
+        if enabled:
+            gc.enable()
+
+
+@contextlib.contextmanager
+def in_a_weakref_callback(then: Callable[[], None]) -> Iterator[Callable[[], None]]:
+    """Yield a function that runs ``then`` inside a weakref callback (``weakref.finalize``)."""
+
+    class Thing:
+        pass
+
+    things = [Thing()]
+    weakref.finalize(things[0], then)
+    yield things.clear  # the last reference gone: the callback runs
+
+
+WHERE_PYTHON_LOSES_IT = [in_a_gc_callback, in_a_weakref_callback]
 
 
 def test_sigterm_requests_a_stop_and_the_handlers_come_back():
@@ -70,7 +99,7 @@ def test_sigterm_requests_a_stop_and_the_handlers_come_back():
 
 def test_an_ignored_sigint_stays_ignored_and_sigterm_still_stops(sigint_ignored):
     request = StopRequest()
-    with stop_on_signals(request), ctrl_c_never_lost():
+    with ctrl_c_never_lost(), stop_on_signals(request):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         os.kill(os.getpid(), signal.SIGINT)
         assert not request()
@@ -79,29 +108,41 @@ def test_an_ignored_sigint_stays_ignored_and_sigterm_still_stops(sigint_ignored)
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
-def test_a_ctrl_c_in_a_garbage_collector_callback_is_raised_after_it(ctrl_c_raises):
-    """Python's own handler would raise inside the callback, where the error is lost."""
+@pytest.mark.parametrize("where", WHERE_PYTHON_LOSES_IT)
+def test_a_ctrl_c_where_python_would_lose_it_is_raised_after(where, ctrl_c_raises):
     with (
         ctrl_c_never_lost(),
-        ctrl_c_in_a_collection() as sent,
+        where(then=ctrl_c) as run_it,
         pytest.raises(KeyboardInterrupt) as raised,
     ):
-        gc.collect()
+        run_it()
         time.sleep(10)  # the time it has to arrive again
-    assert raised.traceback[-1].name == "raise_keyboard_interrupt"
-    assert raised.traceback[-2].name.startswith("test_a_ctrl_c_in")  # not in the callback
-    assert sent == [signal.SIGINT]
+    assert raised.traceback[-1].name == "raise_keyboard_interrupt"  # SIGINT's handler
+    assert raised.traceback[-2].name == "test_a_ctrl_c_where_python_would_lose_it_is_raised_after"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_second_signal_in_a_garbage_collector_callback_still_aborts_the_loop(ctrl_c_raises):
+@pytest.mark.parametrize("where", WHERE_PYTHON_LOSES_IT)
+def test_a_second_signal_where_python_would_lose_it_still_aborts_the_loop(where, ctrl_c_raises):
     request = StopRequest()
     with ctrl_c_never_lost(), stop_on_signals(request):
         os.kill(os.getpid(), signal.SIGTERM)
         assert request.signum == signal.SIGTERM  # the first signal: a stop request
-        with ctrl_c_in_a_collection() as sent, pytest.raises(KeyboardInterrupt) as raised:
-            gc.collect()  # the second, a Ctrl-C inside the callback
+        with where(then=ctrl_c) as run_it, pytest.raises(KeyboardInterrupt) as raised:
+            run_it()  # the second, a Ctrl-C where Python loses it
             time.sleep(10)
     assert raised.traceback[-1].name == "handle"
-    assert raised.traceback[-2].name.startswith("test_a_second_signal")
-    assert sent == [signal.SIGINT]
+
+
+def test_a_lost_ctrl_c_not_yet_sent_again_is_raised_at_the_end_and_nothing_after(
+    ctrl_c_raises, monkeypatch
+):
+    monkeypatch.setattr(signals, "FIRST_WAIT_SECONDS", 0.5)  # longer than the block lasts
+    with (
+        pytest.raises(KeyboardInterrupt) as raised,
+        ctrl_c_never_lost(),
+        in_a_gc_callback(then=ctrl_c) as run_it,
+    ):
+        run_it()
+    assert raised.traceback[-1].name == "ctrl_c_never_lost"
+    time.sleep(1.0)  # past the wait: no signal comes after the block (it would raise here)
