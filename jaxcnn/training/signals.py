@@ -11,9 +11,7 @@ project's 2-core machine. :func:`ctrl_c_never_lost` has such a signal sent again
 
 from __future__ import annotations
 
-import _thread
 import contextlib
-import gc
 import signal
 import sys
 import threading
@@ -29,131 +27,121 @@ LONGEST_WAIT_SECONDS = 0.05
 
 
 class _Resender:
-    """A thread that sends SIGINT again to the main thread while a Ctrl-C is pending.
+    """A thread that sends SIGINT to the main thread again, once for each Ctrl-C lost.
 
-    A Ctrl-C is pending from the moment it is found lost (:meth:`lost`) until
-    ``own_handler`` raises its ``KeyboardInterrupt`` in code that can propagate it
-    (:meth:`raised`), both in the main thread; the lock keeps the thread from sending
-    after that. Sent to another handler (the training loop's), it is sent once: that
-    handler does not say whether it raised, and if it was lost again, it comes back.
+    A Ctrl-C sent again to ``own_handler`` is in flight until that handler says it has
+    arrived; sent to another (the training loop's), it is not followed.
     """
 
-    def __init__(self, own_handler: Callable[..., Any]) -> None:
+    def __init__(self, own_handler: Callable[[int, FrameType | None], None]) -> None:
         self.own_handler = own_handler
         self.condition = threading.Condition()  # reentrant: a handler may run inside it
-        self.active, self.pending, self.sent = True, False, False
-        self.thread = threading.Thread(target=self._send_while_pending, daemon=True)
+        self.active, self.pending, self.in_flight, self.times_lost = True, False, False, 0
+        self.thread = threading.Thread(target=self._send_when_lost, daemon=True)
         self.thread.start()
 
     def lost(self) -> None:
-        """Send a Ctrl-C again: its ``KeyboardInterrupt`` could not be raised, or was lost."""
+        """Have the Ctrl-C whose ``KeyboardInterrupt`` was lost sent again."""
         with self.condition:
             self.pending = True
             self.condition.notify()
 
-    def raised(self) -> None:
-        """Send nothing more: the Ctrl-C's ``KeyboardInterrupt`` is raised where it propagates."""
-        with self.condition:
-            self.pending = self.sent = False
+    def arrived(self) -> None:
+        """Note that a Ctrl-C sent again has reached SIGINT's handler."""
+        self.in_flight = False
 
-    def _send_while_pending(self) -> None:
-        """Send SIGINT (SIGTERM where SIGINT is ignored) while pending, waiting longer each time.
+    def _send_when_lost(self) -> None:
+        """Wait for a lost Ctrl-C, wait a moment more (longer each time), send it again.
 
         ``signal.pthread_kill`` also wakes a main thread that waits (for a compilation,
-        say); where there is none (Windows), ``_thread.interrupt_main`` runs the handler
-        at the main thread's next bytecode.
+        say), as a Ctrl-C from the terminal does.
         """
-        wait = FIRST_WAIT_SECONDS
         with self.condition:
-            while True:
-                self.condition.wait_for(lambda: self.pending or not self.active)
-                self.condition.wait(wait)  # the lock is free meanwhile
-                signum = _signal_with_python_handler()
-                if not self.active:
+            while self.active:
+                if not self.condition.wait_for(lambda: self.pending or not self.active, 0.1):
+                    continue
+                wait = min(FIRST_WAIT_SECONDS * 2**self.times_lost, LONGEST_WAIT_SECONDS)
+                if self.condition.wait_for(lambda: not self.active, wait):
                     return
-                if self.pending and signum is not None:
-                    self.sent = True
-                    self.pending = signal.getsignal(signum) is self.own_handler
-                    if hasattr(signal, "pthread_kill"):
-                        signal.pthread_kill(threading.main_thread().ident, signum)
-                    else:
-                        _thread.interrupt_main(signum)
-                wait = min(2 * wait, LONGEST_WAIT_SECONDS) if self.pending else FIRST_WAIT_SECONDS
+                self.pending = False
+                self.in_flight = signal.getsignal(signal.SIGINT) is self.own_handler
+                self.times_lost += 1
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
-    def end(self) -> tuple[bool, bool]:
-        """Stop the thread; return whether a Ctrl-C was pending, and whether it was sent."""
+    def end(self) -> bool:
+        """Send nothing more; return whether a Ctrl-C lost is still to be raised."""
+        self.active = False
         with self.condition:
-            self.active = False
             self.condition.notify()
-            return self.pending, self.sent
-
-
-def _signal_with_python_handler() -> int | None:
-    """Return SIGINT, or SIGTERM where SIGINT is ignored (``nohup``), if Python handles it."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if callable(signal.getsignal(signum)):
-            return signum
-    return None
-
-
-def where_exceptions_are_lost(frame: FrameType | None, also: Callable[..., Any]) -> bool:
-    """Return whether ``frame`` runs in a garbage collector callback, a ``__del__`` or ``also``."""
-    lost_in = {getattr(callback, "__code__", None) for callback in [*gc.callbacks, also]}
-    while frame is not None:
-        if frame.f_code in lost_in or frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False
+        if self.in_flight:  # its handler raises in this wait, inside the block
+            time.sleep(LONGEST_WAIT_SECONDS)
+        return self.pending or self.in_flight
 
 
 @contextlib.contextmanager
 def ctrl_c_never_lost() -> Iterator[None]:
     """Raise every Ctrl-C inside the block, in code that can propagate its exception.
 
-    SIGINT's handler raises ``KeyboardInterrupt`` as Python's own does, except inside a
-    garbage collector callback or a ``__del__``, where it has the signal sent again a
-    moment later instead. A ``KeyboardInterrupt`` lost elsewhere (a weakref callback; or
-    the training loop's second signal, whose handler is the loop's) reaches
-    ``sys.unraisablehook``, which has it sent again too. One still pending when the block
-    ends is raised at its end. Where SIGINT does not have Python's own handler (ignored
-    under ``nohup``, or in a thread other than the main one), nothing changes.
+    A ``KeyboardInterrupt`` that reaches ``sys.unraisablehook`` (raised by SIGINT's
+    handler inside a garbage collector callback, a weakref callback or a ``__del__``;
+    or by the training loop's, whose handler aborts at a second signal) is not printed
+    but sent again as SIGINT a moment later; if lost again, again, waiting longer each
+    time. SIGINT's handler raises as Python's own does, except inside that hook, where
+    it has the signal sent again instead. One not yet sent when the block ends is raised
+    at its end. Where SIGINT does not have Python's own handler (ignored under ``nohup``,
+    or in a thread other than the main one), or on Windows, nothing changes.
     """
     if (
-        threading.current_thread() is not threading.main_thread()
+        not hasattr(signal, "pthread_kill")
+        or threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     ):
         yield
         return
     previous_hook = sys.unraisablehook
+    in_hook = [False]
 
     def send_lost_interrupts_again(unraisable: Any) -> None:
-        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        if resender.active and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            in_hook[0] = True
             resender.lost()
+            in_hook[0] = False
         else:
             previous_hook(unraisable)
 
     def raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-        if where_exceptions_are_lost(frame, also=send_lost_interrupts_again):
+        resender.arrived()
+        if in_hook[0]:  # here it would be lost again
             resender.lost()
             return
-        resender.raised()
         raise KeyboardInterrupt
 
     resender = _Resender(own_handler=raise_keyboard_interrupt)
-    sys.unraisablehook = send_lost_interrupts_again
-    signal.signal(signal.SIGINT, raise_keyboard_interrupt)
     try:
+        sys.unraisablehook = send_lost_interrupts_again
+        signal.signal(signal.SIGINT, raise_keyboard_interrupt)
         yield
     finally:
         try:
-            pending, sent = resender.end()
-            if pending:
-                if sent:  # on its way: its handler raises during this wait
-                    time.sleep(LONGEST_WAIT_SECONDS)
+            if resender.end():
                 raise KeyboardInterrupt
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            sys.unraisablehook = previous_hook
+            if sys.unraisablehook is send_lost_interrupts_again:  # not replaced for good
+                sys.unraisablehook = previous_hook
+            _restore_python_sigint_handler()
+
+
+def _restore_python_sigint_handler() -> None:
+    """Give SIGINT Python's own handler again.
+
+    ``signal.signal`` first runs the handlers of signals that have arrived, which may
+    raise: the handler is then set once more before the ``KeyboardInterrupt`` goes on.
+    """
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise
 
 
 class StopRequest:
