@@ -166,10 +166,13 @@ class _CacheWarningNotes:
     folder: Path
     passed_on: ShowWarning
 
-    def __call__(self, message: Warning | str, category: type[Warning], *rest: object) -> None:
+    def __call__(
+        self, message: Warning | str, category: type[Warning], *where: object, **more: object
+    ) -> None:
+        """Show one warning: ``showwarning(message, category, filename, lineno, ...)``."""
         found = _CACHE_WARNING.match(str(message))
         if found is None:
-            self.passed_on(message, category, *rest)
+            self.passed_on(message, category, *where, **more)
             return
         action, name, error = found.groups()
         removed = remove_damaged_entries(self.folder, name)
