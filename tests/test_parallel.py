@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -121,26 +122,57 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(
-    one_device, data_dir, tmp_path
-):
-    workdir = tmp_path / "run"
-    common = [*STEPS, "--data-dir", str(data_dir), "--workdir", str(workdir)]
+def run_pair(args: list[str]) -> list[tuple[int, str, str]]:
+    """Run ``python -m jaxcnn.train args`` as two processes of one job; return their ends."""
     coordinator = ["--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]
-    pair = [train_process([*common, *coordinator, "--process-id", str(i)]) for i in (0, 1)]
+    pair = [train_process([*args, *coordinator, "--process-id", str(i)]) for i in (0, 1)]
     results = [finish(process) for process in pair]
     assert [code for code, _, _ in results] == [0, 0], [err for _, _, err in results]
+    return results
+
+
+@pytest.fixture(scope="module")
+def two_processes(
+    data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[tuple[int, str, str]]]:
+    """The 12-step run in two processes: its work dir, and each process's end."""
+    workdir = tmp_path_factory.mktemp("two_processes") / "run"
+    return workdir, run_pair([*STEPS, "--data-dir", str(data_dir), "--workdir", str(workdir)])
+
+
+def params_sha256(workdir: Path) -> str:
+    return json.loads((workdir / "summary.json").read_text())["params_sha256"]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(
+    one_device, two_processes, data_dir, tmp_path
+):
+    pair_run, results = two_processes
     assert "in 2 processes" in results[0][1]
     assert results[1][1] == ""  # only process 0 prints
-    assert_same_training(workdir, one_device)
+    assert_same_training(pair_run, one_device)
 
     # The pair's checkpoint continues in a single process, on its one device.
+    workdir = shutil.copytree(pair_run, tmp_path / "run")
     more = ["--max-steps", "14", "--log-every", "6", "--data-dir", str(data_dir)]
     assert run_cli(train.cli_main, [*more, "--workdir", str(workdir)]) == 0
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["steps"] == 14
     assert summary["processes"] == 1
+
+
+@pytest.mark.slow
+def test_two_processes_resume_their_own_checkpoint_exactly(two_processes, data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    common = ["--log-every", "6", "--data-dir", str(data_dir), "--workdir", str(workdir)]
+    run_pair(["--max-steps", "6", *common])  # ends at step 6 with a checkpoint
+    resumed = run_pair(["--max-steps", "12", *common])
+    assert "resuming from the checkpoint at step 6 (epoch 0, batch 6)" in resumed[0][1]
+    assert json.loads((workdir / "summary.json").read_text())["processes"] == 2
+    uninterrupted = two_processes[0]
+    assert losses(workdir) == losses(uninterrupted)
+    assert params_sha256(workdir) == params_sha256(uninterrupted)
 
 
 def test_a_multi_process_run_needs_a_workdir(capsys):
