@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import builtins
 import errno
-import json
 import os
 import zlib
 from pathlib import Path
+
+from helpers.common import compiled_line, run_summary
 
 from jaxcnn import train
 from jaxcnn.compilation_cache import entry_is_whole, remove_damaged_entries
@@ -21,9 +22,8 @@ def run_one_step(data_dir: Path, workdir: Path, capsys) -> tuple[str, list[str],
     argv = ["--max-steps", "1", "--data-dir", str(data_dir), "--workdir", str(workdir)]
     assert train.cli_main(argv) == 0
     out, err = capsys.readouterr()
-    compiled = next(line for line in out.splitlines() if line.startswith("compiled "))
-    digest = json.loads((workdir / "summary.json").read_text())["params_sha256"]
-    return compiled.split("; ")[-1], err.splitlines(), digest
+    digest = run_summary(workdir)["params_sha256"]
+    return compiled_line(out).split("; ")[-1], err.splitlines(), digest
 
 
 def entries(cache: Path, name: str = "") -> list[Path]:

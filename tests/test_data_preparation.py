@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.common import run_cli
+from helpers.common import run_cli, run_summary
 
 from jaxcnn import data, train
 
@@ -90,7 +89,7 @@ def train_code(data_dir: Path, manual_dir: Path, workdir: Path) -> str:
 
 
 def params_sha256(workdir: Path) -> str:
-    return json.loads((workdir / "summary.json").read_text())["params_sha256"]
+    return run_summary(workdir)["params_sha256"]
 
 
 @pytest.mark.slow

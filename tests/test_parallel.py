@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.common import run_cli
+from helpers.common import run_cli, run_summary
 
 from jaxcnn import train
 from jaxcnn.training import workdir as workdir_lib
@@ -140,10 +140,6 @@ def two_processes(
     return workdir, run_pair([*STEPS, "--data-dir", str(data_dir), "--workdir", str(workdir)])
 
 
-def params_sha256(workdir: Path) -> str:
-    return json.loads((workdir / "summary.json").read_text())["params_sha256"]
-
-
 @pytest.mark.slow
 def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(
     one_device, two_processes, data_dir, tmp_path
@@ -157,7 +153,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(
     workdir = shutil.copytree(pair_run, tmp_path / "run")
     more = ["--max-steps", "14", "--log-every", "6", "--data-dir", str(data_dir)]
     assert run_cli(train.cli_main, [*more, "--workdir", str(workdir)]) == 0
-    summary = json.loads((workdir / "summary.json").read_text())
+    summary = run_summary(workdir)
     assert summary["steps"] == 14
     assert summary["processes"] == 1
 
@@ -169,10 +165,10 @@ def test_two_processes_resume_their_own_checkpoint_exactly(two_processes, data_d
     run_pair(["--max-steps", "6", *common])  # ends at step 6 with a checkpoint
     resumed = run_pair(["--max-steps", "12", *common])
     assert "resuming from the checkpoint at step 6 (epoch 0, batch 6)" in resumed[0][1]
-    assert json.loads((workdir / "summary.json").read_text())["processes"] == 2
-    uninterrupted = two_processes[0]
+    summary, uninterrupted = run_summary(workdir), two_processes[0]
+    assert summary["processes"] == 2
     assert losses(workdir) == losses(uninterrupted)
-    assert params_sha256(workdir) == params_sha256(uninterrupted)
+    assert summary["params_sha256"] == run_summary(uninterrupted)["params_sha256"]
 
 
 def test_a_multi_process_run_needs_a_workdir(capsys):

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.common import file_digests
+from helpers.common import file_digests, run_summary
 
 #: Exit code of a run that could not write a file (README, "Exit codes").
 EXIT_WRITE = 4
@@ -47,10 +47,6 @@ def run(command: list[str], env: dict[str, str] | None = None) -> subprocess.Com
 
 def error_lines(process: subprocess.CompletedProcess) -> list[str]:
     return [line for line in process.stderr.splitlines() if line.strip()]
-
-
-def summary(workdir: Path) -> dict:
-    return json.loads((workdir / "summary.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +119,7 @@ def test_full_disk_ends_with_one_line_and_the_resume_is_exact(
         resumed = run(command)
         assert resumed.returncode == 0, resumed.stderr
         assert f"resuming from the checkpoint at step {complete[-1]}" in resumed.stdout
-        assert summary(workdir)["params_sha256"] == summary(reference)["params_sha256"]
+        assert run_summary(workdir)["params_sha256"] == run_summary(reference)["params_sha256"]
         assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
         assert not list(workdir.glob("*.tmp"))
 
@@ -223,7 +219,7 @@ def test_work_dir_made_read_only_mid_run_ends_with_one_line_and_resumes_exactly(
 
     resumed = run(command)
     assert resumed.returncode == 0, resumed.stderr
-    assert summary(workdir)["params_sha256"] == summary(reference)["params_sha256"]
+    assert run_summary(workdir)["params_sha256"] == run_summary(reference)["params_sha256"]
     assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
 
 

@@ -17,7 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.common import PYTHON_WITH_CTRL_C, file_digests, read_pictures, read_scalars, run_cli
+from helpers.common import (
+    PYTHON_WITH_CTRL_C,
+    file_digests,
+    read_pictures,
+    read_scalars,
+    run_cli,
+    run_summary,
+)
 
 from jaxcnn import train
 from jaxcnn.training import workdir as workdir_lib
@@ -28,10 +35,6 @@ pytestmark = pytest.mark.slow
 STEPS = 120
 RUN_FLAGS = ["--max-steps", str(STEPS), "--checkpoint-every", "40", "--log-every", "30"]
 HELPER = Path(__file__).parent / "helpers" / "kill_mid_save.py"
-
-
-def summary(workdir: Path) -> dict:
-    return json.loads((workdir / "summary.json").read_text())
 
 
 def train_argv(workdir: Path, data_dir: Path) -> list[str]:
@@ -75,7 +78,7 @@ def resume_and_compare(workdir: Path, data_dir: Path, reference: Path, capsys) -
     """Resume ``workdir`` in this process; check it ends as the reference did."""
     assert run_cli(train.cli_main, train_argv(workdir, data_dir)) == 0
     out = capsys.readouterr().out
-    assert summary(workdir)["params_sha256"] == summary(reference)["params_sha256"]
+    assert run_summary(workdir)["params_sha256"] == run_summary(reference)["params_sha256"]
     assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
     assert_same_tensorboard_steps(workdir, reference)
     return out

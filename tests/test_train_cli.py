@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.common import PYTHON_WITH_CTRL_C, run_cli, signal_masks
+from helpers.common import PYTHON_WITH_CTRL_C, compiled_line, run_cli, run_summary, signal_masks
 
 from jaxcnn import data, train
 
@@ -155,11 +155,6 @@ def test_the_readme_flag_table_is_made_from_the_flags():
     assert "| `--batch-size B` | the recipe's, 64 | training examples per step" in readme
 
 
-def compiled_line(output: str) -> str:
-    """Return the job's "compiled train and eval steps ..." line."""
-    return next(line for line in output.splitlines() if line.startswith("compiled "))
-
-
 def test_a_second_run_loads_its_steps_from_the_compilation_cache(
     data_dir, tmp_path, monkeypatch, capsys
 ):
@@ -169,7 +164,7 @@ def test_a_second_run_loads_its_steps_from_the_compilation_cache(
     for name, extra in (("first", []), ("second", []), ("off", ["--no-compilation-cache"])):
         assert train.cli_main([*argv, *extra, "--workdir", str(tmp_path / name)]) == 0
         lines.append(compiled_line(capsys.readouterr().out))
-        digests.append(json.loads((tmp_path / name / "summary.json").read_text())["params_sha256"])
+        digests.append(run_summary(tmp_path / name)["params_sha256"])
     first, second, off = (line.split("; ")[-1] for line in lines)
     assert first.startswith("0 of ") and first.endswith(" from the compilation cache)")
     requests = first.split()[2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,16 @@ def save_pngs(images: np.ndarray, folder: Path, stem: str) -> list[str]:
         Image.fromarray(image[:, :, 0]).save(path)
         paths.append(str(path))
     return paths
+
+
+def run_summary(workdir: Path) -> dict:
+    """Return the ``summary.json`` a finished run wrote into ``workdir``."""
+    return json.loads((workdir / "summary.json").read_text())
+
+
+def compiled_line(output: str) -> str:
+    """Return the job's "compiled train and eval steps ..." line from its standard output."""
+    return next(line for line in output.splitlines() if line.startswith("compiled "))
 
 
 def run_cli(cli_main: Callable[[list[str]], int], argv: list[str]) -> int:
