@@ -107,7 +107,8 @@ def entry_is_whole(entry: bytes) -> bool:
 
     JAX compresses each entry with zstd (``compression.zstd`` from Python 3.14, else the
     ``zstandard`` package, where installed) or else zlib. An entry in zstd that no module
-    here can read is taken as whole: it cannot have been written here either.
+    here can read is taken as whole: it cannot have been written here either. JAX's own
+    ``decompress_executable`` is not called because it is private (``jax._src``).
     """
     try:
         if entry.startswith(_ZSTD_MAGIC):
