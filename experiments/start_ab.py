@@ -13,12 +13,13 @@ With ``--resume`` each run resumes instead: it starts from a copy of a work dir 
 stopped after one step (written once, by the ``before`` tree) and runs one step more.
 
 The trees run with this interpreter, from their own folders, on a data dir already
-prepared.
+prepared, each with its jaxcnn modules compiled to bytecode first (as in ``bench.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import shutil
 import statistics
 import tempfile
@@ -51,6 +52,8 @@ def main() -> None:
     times: dict[str, list[float]] = {
         f"{name} {kind}": [] for name in trees for kind in ("empty", "warm")
     }
+    for tree in trees.values():
+        compileall.compile_dir(tree / "jaxcnn", quiet=1)
     with tempfile.TemporaryDirectory(prefix="start_ab_") as scratch:
         template = f"{scratch}/stopped-after-one-step" if args.resume else None
         if template:

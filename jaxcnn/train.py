@@ -13,6 +13,11 @@ where each is declared once, and the job's; then it calls
 
 from __future__ import annotations
 
+import gc
+
+if __name__ == "__main__":  # collect no garbage while importing; see resume_collection
+    gc.disable()
+
 import argparse
 import dataclasses
 import os
@@ -27,6 +32,7 @@ from jaxcnn.cli import (
     exit_process,
     flag_table,
     prepare_jax,
+    resume_collection,
     run_command,
 )
 from jaxcnn.compilation_cache import CACHE_ENV
@@ -182,4 +188,5 @@ def readme_flag_table() -> str:
 cli_main = run_command(PROG, main)
 
 if __name__ == "__main__":
+    resume_collection()
     exit_process(cli_main())

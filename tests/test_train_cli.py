@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -139,6 +140,29 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--batch-size" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_job_imports_without_the_garbage_collector_and_runs_with_it(tmp_path):
+    # Run as python -m jaxcnn.train does, with hooks that see the collector at work.
+    probe = (
+        "import atexit, gc, runpy, sys\n"
+        "full = []\n"
+        "def see(phase, info):\n"
+        "    if phase == 'start' and info['generation'] == 2 and not gc.get_freeze_count():\n"
+        "        full.append(info)\n"
+        "gc.callbacks.append(see)\n"
+        "atexit.register(lambda: print(len(full), gc.get_freeze_count(), gc.isenabled()))\n"
+        "sys.argv = ['jaxcnn.train', '--batch-size', '0', '--workdir', sys.argv[1]]\n"
+        "runpy.run_module('jaxcnn.train', run_name='__main__', alter_sys=True)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "run")], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "--batch-size" in result.stderr
+    full_collections_while_importing, frozen, enabled = result.stdout.split()
+    assert full_collections_while_importing == "0"  # 2 with the collector on
+    assert int(frozen) > 100_000 and enabled == "True"  # jax's and flax's objects, frozen
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # importing jaxcnn.train changes neither
 
 
 def test_data_dir_from_the_environment_is_checked(tmp_path):
