@@ -149,7 +149,8 @@ def keep_if_finite(
     """
     finite = jnp.isfinite(loss) & tree_all_finite(grads)
     healthy = finite & (state.nonfinite_step == 0)
-    kept = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), stepped, state)
+    # lax.select takes the scalar as it is; jnp.where would trace a broadcast for each shape.
+    kept = jax.tree.map(lambda new, old: jax.lax.select(healthy, new, old), stepped, state)
     first_bad = (state.nonfinite_step == 0) & ~finite
     return kept.replace(nonfinite_step=jnp.where(first_bad, state.step + 1, state.nonfinite_step))
 
