@@ -158,14 +158,13 @@ def prepare_jax(compilation_cache_off: bool = False) -> None:
 def resume_collection() -> None:
     """Turn Python's garbage collector back on after a command's imports, which ran without it.
 
-    A command's entry point calls ``gc.disable()`` before its imports, and this after
-    them. JAX, Flax and optax create about a million objects as they import, that live
-    as long as the process; the cyclic collector walked all of them at each full
-    collection, twice during the imports and again while JAX traced the first steps:
-    ``import jaxcnn.train`` took 1.85 s without it against 2.20 s with it (whole
-    processes, medians of 5 alternating, this project's AVX2 EPYC). ``gc.freeze()``
-    moves those objects to the permanent generation, which later collections skip, so
-    they stay cheap for the rest of the run; the collector then runs as usual.
+    ``python -m jaxcnn.train`` calls ``gc.disable()`` before its imports, and this after
+    them. JAX, Flax and optax create about 200,000 objects as they import, which live as
+    long as the process, and the cyclic collector walked all of them at each full
+    collection, twice during the imports: ``import jaxcnn.train`` took 1.85 s without
+    it against 2.20 s with it (whole processes, medians of 5 alternating, this project's
+    AVX2 EPYC). ``gc.freeze()`` moves those objects to the permanent generation, which
+    later collections skip; the collector then runs as usual.
     """
     gc.freeze()
     gc.enable()
