@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.common import file_digests, run_cli, save_pngs
+from helpers.common import file_digests, run_cli, run_summary, save_pngs
 from PIL import Image
 
 from jaxcnn import evaluate, images, predict
@@ -32,7 +32,7 @@ def test_evaluate_reports_what_training_measured(trained, data_dir, capsys):
         == 0
     )
     report = json.loads(capsys.readouterr().out)
-    summary = json.loads((trained / "summary.json").read_text())
+    summary = run_summary(trained)
     assert report["step"] == 300
     assert report["test_accuracy"] == summary["test_accuracy"]
     assert report["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers.common import run_cli, save_pngs
+from helpers.common import run_cli, run_summary, save_pngs
 
 from jaxcnn import data, evaluate, predict, train
 
@@ -34,7 +34,7 @@ def test_fashion_mnist_is_read_whole_from_the_real_files(prepared_fashion_mnist)
 
 
 def test_short_training_on_fashion_mnist_learns(fashion_run):
-    summary = json.loads((fashion_run / "summary.json").read_text())
+    summary = run_summary(fashion_run)
     assert summary["config"]["dataset"] == "fashion_mnist" and summary["steps"] == 200
     assert summary["test_accuracy"] >= SHORT_RUN_MIN_ACCURACY
 

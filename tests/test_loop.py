@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import optax
 import pytest
-from helpers.common import run_cli
+from helpers.common import run_cli, run_summary
 
 from jaxcnn import train
 from jaxcnn.config import TrainConfig
@@ -77,7 +77,7 @@ def test_the_compiled_loop_trains_like_the_python_loop(data_dir, tmp_path, capsy
     expected = dict(named_leaves(workdir_lib.restore_run(python)[1].params))
     for path, value in named_leaves(workdir_lib.restore_run(scan)[1].params):
         np.testing.assert_allclose(value, expected[path], atol=1e-6, err_msg=path)
-    assert json.loads((scan / "summary.json").read_text())["loop"] == "scan"
+    assert run_summary(scan)["loop"] == "scan"
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers.common import run_summary
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
@@ -87,6 +88,6 @@ def test_notebook_runs_top_to_bottom(
     pictures = [o for o in outputs_of(notebook, "display_data") if "image/png" in o["data"]]
     assert len(pictures) == PICTURES
     (run,) = work.glob("jaxcnn-tutorial-*/run")
-    summary = json.loads((run / "summary.json").read_text())
+    summary = run_summary(run)
     assert summary["steps"] == 300 and summary["test_accuracy"] > 0.9
     assert summary["config"]["log_grads"] is True

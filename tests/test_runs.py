@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers.common import run_cli
+from helpers.common import run_cli, run_summary
 
 from jaxcnn import runs, train
 from jaxcnn.training import job, workdir
@@ -47,7 +47,7 @@ def metrics(path: Path) -> list[dict]:
 def test_lists_a_finished_and_an_interrupted_run(runs_dir, capsys):
     assert run_cli(runs.cli_main, [str(runs_dir), "--json"]) == 0
     finished, interrupted = json.loads(capsys.readouterr().out)
-    summary = json.loads((runs_dir / "finished" / "summary.json").read_text())
+    summary = run_summary(runs_dir / "finished")
     logged = [r["test_accuracy"] for r in metrics(runs_dir / "finished")]
     assert finished == {
         "run": "finished",

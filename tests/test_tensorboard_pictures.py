@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers.common import read_pictures, run_cli
+from helpers.common import read_pictures, run_cli, run_summary
 from matplotlib import colormaps
 from PIL import Image
 
@@ -108,10 +108,7 @@ def test_the_histograms_leave_the_training_bitwise_unchanged(run, data_dir, tmp_
     assert (
         run_cli(train.cli_main, [*flags, "--data-dir", str(data_dir), "--workdir", str(plain)]) == 0
     )
-    sha = [
-        json.loads((folder / "summary.json").read_text())["params_sha256"]
-        for folder in (path, plain)
-    ]
+    sha = [run_summary(folder)["params_sha256"] for folder in (path, plain)]
     assert sha[0] == sha[1]
     _, histograms = read_pictures(plain / "tb")
     assert histograms == {}  # histograms come with --log-grads only

@@ -54,7 +54,7 @@ def test_short_run_on_real_mnist_learns_and_writes_its_outputs(data_dir, tmp_pat
     assert [r["step"] for r in records] == [1, 101, 201]
     for record in records:
         assert {"step", "epoch", "loss", "train_accuracy", "test_accuracy"} <= record.keys()
-    summary = json.loads((workdir / "summary.json").read_text())
+    summary = run_summary(workdir)
     assert summary["steps"] == SHORT_RUN_STEPS
     assert summary["test_accuracy"] >= SHORT_RUN_MIN_ACCURACY
     assert records[-1]["test_accuracy"] > records[0]["test_accuracy"] + 0.5
