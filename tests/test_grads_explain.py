@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers.common import run_cli
+from helpers.common import run_cli, run_metrics
 
 from jaxcnn import data, plot, trees
 from jaxcnn import explain as explain_command
@@ -169,7 +167,7 @@ def test_summary_functions_give_exact_numbers():
 
 
 def test_log_grads_fields_are_logged(trained):
-    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    records = run_metrics(trained)
     assert [r["step"] for r in records] == [1, 101, 201]
     for record in records:
         assert set(record["grad_norm"]) == {"conv1/conv", "conv2/conv", "out"}

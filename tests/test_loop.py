@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import optax
 import pytest
-from helpers.common import run_cli, run_summary
+from helpers.common import run_cli, run_metrics, run_summary
 
 from jaxcnn import train
 from jaxcnn.config import TrainConfig
@@ -64,9 +63,7 @@ def test_the_compiled_loop_trains_like_the_python_loop(data_dir, tmp_path, capsy
     python = run_steps(data_dir, tmp_path / "python", "--loop", "python", "--log-grads")
     scan = run_steps(data_dir, tmp_path / "scan", "--loop", "scan", "--log-grads")
     assert "(scan loop, 4 chunks per batch; " in capsys.readouterr().out
-    lines = [
-        [json.loads(line) for line in (run / "metrics.jsonl").open()] for run in (python, scan)
-    ]
+    lines = [run_metrics(run) for run in (python, scan)]
     assert [r["step"] for r in lines[0]] == [r["step"] for r in lines[1]] == [1, 6, 11]
     for a, b in zip(*lines, strict=True):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)

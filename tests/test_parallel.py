@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.common import run_cli, run_summary
+from helpers.common import run_cli, run_metrics, run_summary
 
 from jaxcnn import train
 from jaxcnn.training import workdir as workdir_lib
@@ -31,7 +31,7 @@ STEPS = ["--max-steps", "12", "--log-every", "6"]
 
 def losses(workdir: Path) -> list[float]:
     """Return the logged batch losses of a run."""
-    return [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").open()]
+    return [record["loss"] for record in run_metrics(workdir)]
 
 
 def final_params(workdir: Path) -> dict:

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers.common import run_cli, run_summary
+from helpers.common import run_cli, run_metrics, run_summary
 
 from jaxcnn import runs, train
 from jaxcnn.training import job, workdir
@@ -40,15 +40,11 @@ def runs_dir(trained, data_dir, tmp_path_factory) -> Path:
     return folder
 
 
-def metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_lists_a_finished_and_an_interrupted_run(runs_dir, capsys):
     assert run_cli(runs.cli_main, [str(runs_dir), "--json"]) == 0
     finished, interrupted = json.loads(capsys.readouterr().out)
     summary = run_summary(runs_dir / "finished")
-    logged = [r["test_accuracy"] for r in metrics(runs_dir / "finished")]
+    logged = [r["test_accuracy"] for r in run_metrics(runs_dir / "finished")]
     assert finished == {
         "run": "finished",
         "model": "cnn",
@@ -59,7 +55,7 @@ def test_lists_a_finished_and_an_interrupted_run(runs_dir, capsys):
         "status": "finished",
         "newest_checkpoint": 300,
     }
-    logged = metrics(runs_dir / "interrupted")
+    logged = run_metrics(runs_dir / "interrupted")
     assert [r["step"] for r in logged] == [1, 21, 41]
     assert interrupted == {
         "run": "interrupted",

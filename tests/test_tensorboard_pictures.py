@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-import json
 import shutil
 
 import numpy as np
 import pytest
-from helpers.common import read_pictures, run_cli, run_summary
+from helpers.common import read_pictures, run_cli, run_metrics, run_summary
 from matplotlib import colormaps
 from PIL import Image
 
@@ -89,7 +88,7 @@ def test_kernel_image_and_histograms_at_every_log_step_hold_the_steps_values(run
         assert np.abs(np.array(stats.bucket) - counts).sum() <= 2  # edges in float32
     # the gradient histograms hold the gradient the step measured: per layer, the sum of
     # squares over its leaves is the square of the gradient norm in metrics.jsonl
-    records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    records = run_metrics(path)
     for index, record in enumerate(records):
         for layer, norm in record["grad_norm"].items():
             total = sum(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import io
-import json
 import os
 import pty
 import struct
@@ -14,7 +13,7 @@ import termios
 import threading
 
 import pytest
-from helpers.common import read_scalars
+from helpers.common import read_scalars, run_metrics
 
 from jaxcnn import tb
 from jaxcnn.training import progress
@@ -37,7 +36,7 @@ def test_tensorboard_reads_every_scalar_of_a_short_run_at_its_log_steps(trained)
     assert set(scalars) == EXPECTED_TAGS
     for tag, points in scalars.items():
         assert [step for step, _ in points] == [1, 101, 201], tag
-    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    records = run_metrics(trained)
     for tag, key in [("test/accuracy", "test_accuracy"), ("train/loss", "loss")]:
         assert [value for _, value in scalars[tag]] == pytest.approx(
             [record[key] for record in records], rel=1e-6

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.common import PYTHON_WITH_CTRL_C, compiled_line, run_cli, run_summary, signal_masks
+from helpers.common import (
+    PYTHON_WITH_CTRL_C,
+    compiled_line,
+    run_cli,
+    run_metrics,
+    run_summary,
+    signal_masks,
+)
 
 from jaxcnn import data, train
 
@@ -50,7 +56,7 @@ def test_short_run_on_real_mnist_learns_and_writes_its_outputs(data_dir, tmp_pat
         "epoch 0 [6400/60000 (11%)",
         "epoch 0 [12800/60000 (21%)",
     ]
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    records = run_metrics(workdir)
     assert [r["step"] for r in records] == [1, 101, 201]
     for record in records:
         assert {"step", "epoch", "loss", "train_accuracy", "test_accuracy"} <= record.keys()

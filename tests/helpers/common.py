@@ -27,6 +27,11 @@ def run_summary(workdir: Path) -> dict:
     return json.loads((workdir / "summary.json").read_text())
 
 
+def run_metrics(workdir: Path) -> list[dict]:
+    """Return the records of ``metrics.jsonl`` in ``workdir``, one per log line, in order."""
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
 def compiled_line(output: str) -> str:
     """Return the job's "compiled train and eval steps ..." line from its standard output."""
     return next(line for line in output.splitlines() if line.startswith("compiled "))
