@@ -10,6 +10,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from jaxcnn import compilation_cache, xla_flags
@@ -139,6 +140,26 @@ def checkpoint_command_parser(prog: str, description: str) -> ArgumentParser:
     add_restore_flags(parser)
     add_data_flags(parser)
     return parser
+
+
+def check_new_file(flag: str, path: Path, suffix: str | None = None) -> None:
+    """Refuse an output file that is not a new file in an existing folder.
+
+    Each command that writes a file the user names calls this before any other work, so
+    that nothing is overwritten and nothing is computed only to be lost at the end.
+
+    Raises:
+        UsageError: ``path`` does not end in ``suffix`` (when given), exists, or its
+            folder does not exist.
+    """
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise UsageError(f"{flag} {str(path)!r} must end in {suffix}")
+    if path.exists() or path.is_symlink():
+        raise UsageError(
+            f"{flag} {str(path)!r} exists; give a new file name (nothing is overwritten)"
+        )
+    if not path.parent.is_dir():
+        raise UsageError(f"{flag} {str(path)!r}: folder {str(path.parent)!r} does not exist")
 
 
 def prepare_jax(compilation_cache_off: bool = False) -> None:

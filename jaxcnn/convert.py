@@ -15,7 +15,13 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from jaxcnn.cli import ArgumentParser, add_restore_flags, exit_process, run_command
+from jaxcnn.cli import (
+    ArgumentParser,
+    add_restore_flags,
+    check_new_file,
+    exit_process,
+    run_command,
+)
 from jaxcnn.config import TrainConfig
 from jaxcnn.errors import UsageError
 from jaxcnn.models import torch_interop
@@ -58,6 +64,8 @@ def build_parser() -> ArgumentParser:
 
 def from_torch(source: Path, path: Path, seed: int) -> int:
     """Write a new run in ``path`` whose step-0 checkpoint holds ``source``'s weights."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--workdir {str(path)!r} is a file; give a new folder")
     if path.exists() and any(path.iterdir()):
         raise UsageError(f"--workdir {str(path)!r} is not empty; give a new folder")
     state_dict = torch_interop.load_state_dict(source)
@@ -83,8 +91,7 @@ def from_torch(source: Path, path: Path, seed: int) -> int:
 def to_torch(target: Path, path: Path, step: int | None) -> int:
     """Write the weights of a checkpoint in ``path`` to ``target`` as the tutorial's state_dict."""
     torch_interop.require_torch()
-    if target.exists():
-        raise UsageError(f"--to-torch {str(target)!r} exists; choose a new file")
+    check_new_file("--to-torch", target)
     config, state, _, restored = workdir.restore_run(path, step)
     if config.model != "cnn":
         raise UsageError(f"--workdir {str(path)!r} holds a {config.model}, not the tutorial's cnn")

@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.prepare_jax()  # the XLA:CPU switches and the compilation cache
     target = Path(args.gallery) if args.gallery else None
     if target is not None:
-        gallery.check_target(target)
+        cli.check_new_file("--gallery", target, ".png")
     if args.gallery_max <= 0:
         raise UsageError(f"--gallery-max {args.gallery_max}: must be a positive integer")
     config, state, _, step = workdir.restore_run(args.workdir, args.step)

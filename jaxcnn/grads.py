@@ -49,11 +49,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.prepare_jax()  # the XLA:CPU switches and the compilation cache
     if args.batch_size is not None and args.batch_size <= 0:
         raise UsageError(f"--batch-size {args.batch_size}: must be a positive integer")
-    if args.save is not None and args.save.exists():
-        raise UsageError(f"--save {str(args.save)!r} exists; choose a new file")
+    if args.save is not None:
+        cli.check_new_file("--save", args.save, ".npz")
     config, state, position, step = workdir.restore_run(args.workdir, args.step)
     batch_size = args.batch_size or config.batch_size
     train_split = cli.load_data(args, config.dataset, ("train",))["train"]
+    if batch_size > len(train_split):
+        raise UsageError(
+            f"--batch-size {batch_size} is larger than the training split of "
+            f"{config.dataset} ({len(train_split)} examples); use at most {len(train_split)}"
+        )
     order = data.epoch_permutation(config.seed, position.epoch, len(train_split))
     start = (position.batch * config.batch_size) % len(train_split)
     indices = np.resize(np.roll(order, -start), batch_size)

@@ -11,6 +11,7 @@ still says running while no process holds its lock was killed without a word
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,17 +45,15 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Return the readable records of ``path``'s ``metrics.jsonl`` (a torn last line is skipped)."""
-    metrics = path / workdir.METRICS
-    if not metrics.is_file():
+    """Return the records of ``path``'s ``metrics.jsonl``; none, with a note, if it is damaged.
+
+    One damaged run does not hide the others: its row shows no accuracy.
+    """
+    try:
+        return workdir.read_metrics(path)
+    except UsageError as error:
+        print(f"note: {error}; its accuracies are left out", file=sys.stderr)
         return []
-    records = []
-    for line in metrics.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
 
 
 def newest_checkpoint(path: Path) -> int | None:

@@ -162,6 +162,21 @@ def test_nothing_is_overwritten(torch, trained, tmp_path, capsys):
     assert file_digests(trained) == before
 
 
+def test_a_file_for_a_folder_and_a_missing_folder_are_refused(torch, trained, tmp_path, capsys):
+    path = tmp_path / "model.pt"
+    torch.save(torch_interop.seed_cnn().state_dict(), path)
+    (tmp_path / "afile").write_text("the user's file")
+    assert convert_from(path, tmp_path / "afile") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "afile' is a file; give a new folder" in err
+    argv = ["--to-torch", str(tmp_path / "no" / "back.pt"), "--workdir", str(trained)]
+    assert run_cli(convert.cli_main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "folder" in err and "does not exist" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "model.pt"]
+    assert (tmp_path / "afile").read_text() == "the user's file"
+
+
 def test_without_torch_it_says_how_to_install_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     (tmp_path / "model.pt").write_bytes(b"x")

@@ -199,6 +199,25 @@ def test_a_checkpoint_of_another_model_is_refused(damaged, data_dir, capsys, mon
     assert file_digests(damaged) == before
 
 
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda config: {**config, "model": "nosuchmodel"}, "--model 'nosuchmodel'"),
+        (lambda config: [1, 2], "a JSON list, not an object"),
+    ],
+)
+def test_a_config_that_is_not_a_jaxcnn_config_is_refused(edit, problem, damaged, capsys):
+    config_path = damaged / "config.json"
+    config_path.write_text(json.dumps(edit(json.loads(config_path.read_text()))))
+    before = file_digests(damaged)
+    for cli_main, extra in ((evaluate.cli_main, []), (predict.cli_main, ["x.png"])):
+        assert run_cli(cli_main, ["--workdir", str(damaged), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{config_path} is not a jaxcnn config" in err
+        assert problem in err
+    assert file_digests(damaged) == before
+
+
 def test_a_step_that_does_not_exist_is_named_with_the_available_ones(trained, capsys):
     assert run_cli(evaluate.cli_main, ["--workdir", str(trained), "--step", "150"]) == 2
     err = capsys.readouterr().err

@@ -214,3 +214,43 @@ def test_plot_command_writes_the_pictures(trained, capsys):
     assert run_cli(plot.cli_main, ["--workdir", str(trained)]) == 0
     for name in ("loss.png", "accuracy.png", "gradients.png"):
         assert (trained / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (["--save", "taken"], "must end in .npz"),  # np.savez would write taken.npz
+        (["--save", "taken.npz"], "exists"),
+        (["--save", "no/such/folder/g.npz"], "does not exist"),
+        (["--batch-size", "1000000000000"], "larger than the training split of mnist (60000"),
+    ],
+)
+def test_grads_refuses_what_it_cannot_do_before_computing(
+    flags, problem, trained, data_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken.npz").write_bytes(b"the user's file")
+    argv = ["--workdir", str(trained), "--data-dir", str(data_dir), *flags]
+    assert run_cli(grads_command.cli_main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and problem in err and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["taken.npz"]
+    assert (tmp_path / "taken.npz").read_bytes() == b"the user's file"
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (b"\xff\xfe garbage\n", "line 4: not a line of jaxcnn's log"),
+        (b'{"step": 301, "loss": 0.1}\n', "line 4: the record has no test_loss"),
+        (b"5\n", "line 4: not a log record with an integer step"),
+    ],
+)
+def test_plot_names_the_damaged_line_of_the_log(line, problem, trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_bytes((trained / "metrics.jsonl").read_bytes() + line)
+    assert run_cli(plot.cli_main, ["--workdir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"metrics.jsonl, {problem}" in err
+    assert [p.name for p in run.iterdir()] == ["metrics.jsonl"]

@@ -233,3 +233,30 @@ def test_a_workdir_in_use_by_another_process_is_refused(data_dir, reference, tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "in use by another jaxcnn.train" in err
     assert file_digests(workdir) == before
+
+
+def test_a_log_line_cut_short_is_dropped_and_the_resume_is_exact(data_dir, reference, tmp_path):
+    """A power cut mid-append leaves a last line without its end; the resume drops it."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    shutil.rmtree(workdir / "checkpoints" / "120")  # as if stopped between 91 and 120
+    lines = (reference / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert [json.loads(line)["step"] for line in lines] == [1, 31, 61, 91]
+    (workdir / "metrics.jsonl").write_text("".join(lines[:3]) + lines[3][:25])
+    assert run_cli(train.cli_main, train_argv(workdir, data_dir)) == 0
+    assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+    assert run_summary(workdir)["params_sha256"] == run_summary(reference)["params_sha256"]
+
+
+def test_a_damaged_log_line_is_refused_before_anything_is_written(
+    data_dir, reference, tmp_path, capsys
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    lines = (reference / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (workdir / "metrics.jsonl").write_text("".join([lines[0], "not json\n", *lines[2:]]))
+    before = file_digests(workdir)
+    assert run_cli(train.cli_main, train_argv(workdir, data_dir)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics.jsonl, line 2: not a line of jaxcnn's log" in err
+    assert file_digests(workdir) == before

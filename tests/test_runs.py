@@ -92,3 +92,17 @@ def test_a_missing_dir_is_one_line_and_exit_2(tmp_path, capsys):
     assert run_cli(runs.cli_main, [str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nothing" in err and "not an existing folder" in err
+
+
+def test_a_run_with_a_damaged_log_is_listed_with_a_note(runs_dir, tmp_path, capsys):
+    folder = tmp_path / "runs"
+    shutil.copytree(runs_dir, folder)
+    with (folder / "interrupted" / "metrics.jsonl").open("ab") as log:
+        log.write(b"\xff\xfe garbage\n5\n")
+    assert run_cli(runs.cli_main, [str(folder), "--json"]) == 0
+    captured = capsys.readouterr()
+    finished, interrupted = json.loads(captured.out)
+    assert finished["best_test_accuracy"] is not None and finished["status"] == "finished"
+    assert interrupted["best_test_accuracy"] is None and interrupted["newest_checkpoint"] == 50
+    assert captured.err.count("\n") == 1
+    assert "interrupted/metrics.jsonl, line 4: not a line of jaxcnn's log" in captured.err

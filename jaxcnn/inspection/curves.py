@@ -7,7 +7,6 @@ layer's gradient norm and update-to-parameter ratio), all against the training s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,9 @@ import matplotlib.pyplot as plt
 from jaxcnn.errors import UsageError
 from jaxcnn.training import workdir
 
+#: The fields of each record that the loss and accuracy curves draw.
+PLOTTED = ("loss", "test_loss", "train_accuracy", "test_accuracy")
+
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Return the records of ``path/metrics.jsonl``.
@@ -30,10 +32,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     metrics = path / workdir.METRICS
     if not metrics.is_file():
         raise UsageError(f"--workdir {str(path)!r} has no {workdir.METRICS}")
-    try:
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{metrics} is not JSON lines: {error}") from error
+    records = workdir.read_metrics(path, required=PLOTTED)
     if not records:
         raise UsageError(f"{metrics} is empty: the run has not logged yet")
     return records

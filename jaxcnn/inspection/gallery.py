@@ -19,8 +19,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from jaxcnn.errors import UsageError
-
 #: Images drawn at most unless told otherwise (the most confident mistakes).
 DEFAULT_LIMIT = 100
 COLUMNS = 10
@@ -112,22 +110,6 @@ def draw(
             y = top + 4 + size + 2 + line_number * _LINE_HEIGHT
             pen.text((left + 8, y), text, fill=colour, font=font)
     return canvas
-
-
-def check_target(path: Path) -> None:
-    """Refuse a gallery file name that is not a new PNG in an existing folder.
-
-    Raises:
-        UsageError: ``path`` exists, its folder does not, or it does not end in .png.
-    """
-    if path.suffix.lower() != ".png":
-        raise UsageError(f"--gallery {str(path)!r} must end in .png")
-    if path.exists():
-        raise UsageError(
-            f"--gallery {str(path)!r} exists; give a new file name (nothing is overwritten)"
-        )
-    if not path.parent.is_dir():
-        raise UsageError(f"--gallery {str(path)!r}: folder {str(path.parent)!r} does not exist")
 
 
 def save(gallery: Image.Image, mistakes: Mistakes, path: Path) -> None:

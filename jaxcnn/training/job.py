@@ -96,6 +96,8 @@ def run_job(config: TrainConfig, options: JobOptions) -> int:
             context.enter_context(workdir.exclusive(requested))
         print(f"backend: {jax.default_backend()}, {describe_devices(placement)}", flush=True)
         restored = restore_latest(requested, config, placement)
+        if saved is not None:  # a damaged log is refused before anything compiles or is written
+            workdir.read_metrics(requested)
         if restored or saved:
             print(describe_start(restored, requested), flush=True)
         splits = data.load_dataset(

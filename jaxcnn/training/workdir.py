@@ -17,7 +17,7 @@ import datetime
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +139,14 @@ def read_config(workdir: Path) -> TrainConfig | None:
     if not path.exists():
         return None
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as error:
+        values = json.loads(path.read_text())
+        if not isinstance(values, dict):
+            raise TypeError(f"a JSON {type(values).__name__}, not an object")
+        config = TrainConfig.from_dict(values)
+        config.validate()
+    except (ValueError, TypeError, UsageError) as error:
         raise UsageError(f"{path} is not a jaxcnn config: {error}") from error
+    return config
 
 
 def append_metrics(workdir: Path, record: dict[str, Any]) -> None:
@@ -161,20 +166,72 @@ def append_metrics(workdir: Path, record: dict[str, Any]) -> None:
         raise
 
 
+def read_metrics(workdir: Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Return the records of ``metrics.jsonl`` in ``workdir``, in order (none if it has none).
+
+    Raises:
+        UsageError: a line is not a log record holding each key in ``required``; the
+            message names the file and the line.
+    """
+    return [record for _, record in _metrics_lines(workdir, required)]
+
+
+def _metrics_lines(workdir: Path, required: Sequence[str] = ()) -> list[tuple[str, dict]]:
+    """Return each record of ``metrics.jsonl`` with its line, as :func:`read_metrics` reads it.
+
+    A record is a JSON object with an integer ``step``. A last line that is not one and
+    has no newline at its end was cut short (:func:`append_metrics` never leaves one, but
+    a power cut can) and is left out; blank lines are skipped.
+    """
+    path = workdir / METRICS
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    unfinished = lines.pop()  # what follows the last newline: empty unless a write was cut
+    records = [
+        _metrics_record(path, number, line, required)
+        for number, line in enumerate(lines, start=1)
+        if line.strip()
+    ]
+    with contextlib.suppress(UsageError):
+        if unfinished.strip():
+            records.append(_metrics_record(path, len(lines) + 1, unfinished, required))
+    return records
+
+
+def _metrics_record(
+    path: Path, number: int, line: bytes, required: Sequence[str]
+) -> tuple[str, dict]:
+    """Return line ``number`` of ``path`` as text and as a record, or raise :class:`UsageError`."""
+    try:
+        text = line.decode()
+        record = json.loads(text)
+    except ValueError as error:  # UnicodeDecodeError and JSONDecodeError both are
+        raise UsageError(f"{path}, line {number}: not a line of jaxcnn's log ({error})") from error
+    keys = ("step", *required)
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        raise UsageError(f"{path}, line {number}: not a log record with an integer step")
+    missing = [key for key in keys if key not in record]
+    if missing:
+        raise UsageError(f"{path}, line {number}: the record has no {', '.join(missing)}")
+    return text, record
+
+
 def truncate_metrics(workdir: Path, last_step: int) -> int:
     """Drop the records of ``metrics.jsonl`` after ``last_step``; return how many were dropped.
 
     A run that resumes from the checkpoint at ``last_step`` logs those steps again, so
-    keeping them would duplicate steps.
+    keeping them would duplicate steps. A last line cut short is dropped too.
+
+    Raises:
+        UsageError: a line of ``metrics.jsonl`` is not a log record (nothing is changed).
     """
     path = workdir / METRICS
-    if not path.exists():
-        return 0
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if json.loads(line)["step"] <= last_step]
-    if len(kept) < len(lines):
-        replace_whole(path, "".join(line + "\n" for line in kept))
-    return len(lines) - len(kept)
+    lines = _metrics_lines(workdir)
+    kept = "".join(text + "\n" for text, record in lines if record["step"] <= last_step)
+    if path.is_file() and kept.encode() != path.read_bytes():
+        replace_whole(path, kept)
+    return len(lines) - kept.count("\n")
 
 
 def restore_run(
