@@ -162,7 +162,13 @@ def _builder(spec: DatasetSpec, data_dir: str | None):  # -> mnist_builder.IdxDa
     """Return jaxcnn's tfds builder of ``spec``'s dataset in ``data_dir`` (None: tfds's)."""
     from jaxcnn.mnist_builder import IdxDatasets  # imports tfds: only when data is read
 
-    return IdxDatasets(config=spec.name, data_dir=data_dir, file_format="array_record")
+    try:
+        return IdxDatasets(config=spec.name, data_dir=data_dir, file_format="array_record")
+    except Exception as error:  # tfds reads the prepared dataset_info.json here
+        raise DataError(
+            f"{spec.name} in {data_dir or 'the default data dir'} cannot be read: "
+            f"{_one_line(error)}; delete its folder jaxcnn/{spec.name} there to prepare it again"
+        ) from error
 
 
 #: Prefix of the temporary folder, in a dataset's folder, that downloads go to.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,18 @@ def test_read_splits_are_kept_and_a_damaged_file_is_read_again(prepared_mnist, m
     np.testing.assert_array_equal(again.images, splits["test"].images)
     with np.load(kept) as rewritten:
         np.testing.assert_array_equal(rewritten["labels"], splits["test"].labels)
+
+
+def test_a_damaged_dataset_info_is_one_error_that_says_what_to_do(data_dir, tmp_path):
+    copy = tmp_path / "tfds"
+    shutil.copytree(data_dir, copy)
+    info = next(copy.glob("jaxcnn/mnist/*/dataset_info.json"))
+    info.write_text("{garbage")
+    with pytest.raises(data.DataError) as raised:
+        data.load_dataset("mnist", str(copy), None)
+    message = str(raised.value)
+    assert "\n" not in message and "cannot be read" in message
+    assert "delete its folder jaxcnn/mnist there to prepare it again" in message
 
 
 def test_kept_arrays_are_read_without_importing_tfds(data_dir, mnist):

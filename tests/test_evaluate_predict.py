@@ -170,7 +170,17 @@ def evaluate_in_a_process(argv: list[str]) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("damage", [truncate, corrupt, partially_written])
+def emptied(workdir: Path) -> str:
+    """A step folder whose files are all gone."""
+    for path in (workdir / "checkpoints" / "200").iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return "200"
+
+
+@pytest.mark.parametrize("damage", [truncate, corrupt, partially_written, emptied])
 def test_damaged_checkpoints_are_refused_and_nothing_else_changes(damage, damaged, data_dir):
     """Run as real processes: the user must see one line, and nothing Orbax left behind."""
     step = damage(damaged)
@@ -216,6 +226,14 @@ def test_a_config_that_is_not_a_jaxcnn_config_is_refused(edit, problem, damaged,
         assert err.count("\n") == 1 and f"{config_path} is not a jaxcnn config" in err
         assert problem in err
     assert file_digests(damaged) == before
+
+
+def test_a_config_that_is_a_folder_is_refused(damaged, capsys):
+    (damaged / "config.json").unlink()
+    (damaged / "config.json").mkdir()
+    assert run_cli(evaluate.cli_main, ["--workdir", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json is not a jaxcnn config" in err
 
 
 def test_a_step_that_does_not_exist_is_named_with_the_available_ones(trained, capsys):

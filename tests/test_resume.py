@@ -203,6 +203,25 @@ def test_resuming_with_other_hyperparameters_is_refused_unless_overridden(
         json.loads((workdir / f"config-before-step-{STEPS}.json").read_text())["learning_rate"]
         == 0.001
     )
+    again = [*RUN_FLAGS, "--learning-rate", "0.02", "--override", *base]
+    assert run_cli(train.cli_main, again) == 0  # a second change at the same step keeps both
+    for name, learning_rate in ((f"{STEPS}", 0.001), (f"{STEPS}-2", 0.01)):
+        kept = json.loads((workdir / f"config-before-step-{name}.json").read_text())
+        assert kept["learning_rate"] == learning_rate
+
+
+def test_checkpoints_that_are_not_a_folder_are_refused_not_started_over(
+    data_dir, reference, tmp_path, capsys
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    shutil.rmtree(workdir / "checkpoints")
+    (workdir / "checkpoints").write_text("x")
+    before = file_digests(workdir)
+    assert run_cli(train.cli_main, train_argv(workdir, data_dir)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checkpoints is not a folder" in err
+    assert file_digests(workdir) == before
 
 
 def test_nan_stops_at_its_step_with_exit_3_and_keeps_the_last_good_checkpoint(

@@ -171,7 +171,8 @@ class Checkpoints:
         abstract = jax.tree.map(_abstract_leaf, _state_tree(like))
         try:
             _verify_files(self.directory / str(step))
-            tree, position = self._restore_checked(step, abstract)
+            with absl_errors_only():  # Orbax warns of a damaged step before it raises
+                tree, position = self._restore_checked(step, abstract)
         except Exception as error:  # Orbax and tensorstore raise many kinds.
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} cannot be restored: {_one_line(error)}"

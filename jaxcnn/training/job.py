@@ -330,8 +330,20 @@ def discard_stdout() -> None:
 def restore_latest(
     path: Path | None, config: TrainConfig, placement: parallel.Placement
 ) -> StartPoint | None:
-    """Return the newest checkpoint in ``path`` to continue from, placed on the devices."""
-    if path is None or not (path / CHECKPOINT_DIR).is_dir():
+    """Return the newest checkpoint in ``path`` to continue from, placed on the devices.
+
+    Raises:
+        UsageError: ``path/checkpoints`` is there but is not a folder; starting afresh
+            would write over the run's files.
+    """
+    if path is None:
+        return None
+    folder = path / CHECKPOINT_DIR
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(
+            f"{folder} is not a folder; a run keeps its checkpoints there: move it away"
+        )
+    if not folder.is_dir():
         return None
     checkpoints = Checkpoints(path, read_only=True)
     try:

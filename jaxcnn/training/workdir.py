@@ -144,7 +144,7 @@ def read_config(workdir: Path) -> TrainConfig | None:
             raise TypeError(f"a JSON {type(values).__name__}, not an object")
         config = TrainConfig.from_dict(values)
         config.validate()
-    except (ValueError, TypeError, UsageError) as error:
+    except (OSError, ValueError, TypeError, UsageError) as error:
         raise UsageError(f"{path} is not a jaxcnn config: {error}") from error
     return config
 
@@ -316,9 +316,17 @@ def create(path: Path | None, config: TrainConfig) -> Path:
 
 
 def save_config(path: Path, config: TrainConfig, saved: TrainConfig | None, step: int) -> None:
-    """Write ``config.json``; a different saved config is kept as ``config-before-step-N.json``."""
+    """Write ``config.json``; a different saved config is kept as ``config-before-step-N.json``.
+
+    A second change at the same step keeps its own (``config-before-step-N-2.json``, …):
+    no config a run was trained with is ever overwritten.
+    """
     if saved is not None and saved != config:
-        write_json(path / f"config-before-step-{step}.json", saved.to_dict())
+        kept, copy = path / f"config-before-step-{step}.json", 1
+        while kept.exists():
+            copy += 1
+            kept = path / f"config-before-step-{step}-{copy}.json"
+        write_json(kept, saved.to_dict())
     write_json(path / CONFIG, config.to_dict())
 
 
