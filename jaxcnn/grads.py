@@ -15,6 +15,7 @@ from jaxcnn import cli, data
 from jaxcnn.errors import UsageError
 from jaxcnn.inspection.gradients import format_table, global_norm, save_npz, summarize
 from jaxcnn.training import workdir
+from jaxcnn.training.resources import check_batch_size
 from jaxcnn.training.step import loss_and_gradients
 
 PROG = "python -m jaxcnn.grads"
@@ -54,11 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, state, position, step = workdir.restore_run(args.workdir, args.step)
     batch_size = args.batch_size or config.batch_size
     train_split = cli.load_data(args, config.dataset, ("train",))["train"]
-    if batch_size > len(train_split):
-        raise UsageError(
-            f"--batch-size {batch_size} is larger than the training split of "
-            f"{config.dataset} ({len(train_split)} examples); use at most {len(train_split)}"
-        )
+    check_batch_size("--batch-size", batch_size, config.dataset, "train", train_split)
     order = data.epoch_permutation(config.seed, position.epoch, len(train_split))
     start = (position.batch * config.batch_size) % len(train_split)
     indices = np.resize(np.roll(order, -start), batch_size)

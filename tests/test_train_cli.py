@@ -81,6 +81,8 @@ BAD_FLAGS = [
     (["--batch-size", "0"], "--batch-size"),
     (["--batch-size", "-64"], "--batch-size"),
     (["--batch-size", "big"], "--batch-size"),
+    (["--batch-size", "70000"], "--batch-size 70000 is larger than the training split of mnist"),
+    (["--eval-batch-size", "20000"], "--eval-batch-size 20000 is larger than the test split"),
     (["--learning-rate", "0"], "--learning-rate"),
     (["--learning-rate", "-0.001"], "--learning-rate"),
     (["--learning-rate", "nan"], "--learning-rate"),

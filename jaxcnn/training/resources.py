@@ -38,17 +38,25 @@ def check_batch_sizes(config: TrainConfig, splits: dict[str, data.Split]) -> Non
     Raises:
         UsageError: naming the flag, its value and the split's size.
     """
-    for flag, size, split in (
-        ("--batch-size", config.batch_size, "train"),
-        ("--eval-batch-size", config.eval_batch_size, "test"),
-    ):
-        examples = len(splits[split])
-        if size > examples:
-            kind = "training" if split == "train" else "test"
-            raise UsageError(
-                f"{flag} {size} is larger than the {kind} split of {config.dataset} "
-                f"({examples} examples); use at most {examples}"
-            )
+    check_batch_size("--batch-size", config.batch_size, config.dataset, "train", splits["train"])
+    check_batch_size(
+        "--eval-batch-size", config.eval_batch_size, config.dataset, "test", splits["test"]
+    )
+
+
+def check_batch_size(flag: str, size: int, dataset: str, name: str, split: data.Split) -> None:
+    """Refuse a batch of ``size`` larger than ``split`` (``train`` or ``test`` of ``dataset``).
+
+    Raises:
+        UsageError: naming ``flag``, its value and the split's size.
+    """
+    examples = len(split)
+    if size > examples:
+        kind = "training" if name == "train" else "test"
+        raise UsageError(
+            f"{flag} {size} is larger than the {kind} split of {dataset} "
+            f"({examples} examples); use at most {examples}"
+        )
 
 
 def parse_bytes(text: str) -> int:

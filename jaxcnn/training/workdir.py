@@ -173,20 +173,19 @@ def read_metrics(workdir: Path, required: Sequence[str] = ()) -> list[dict[str, 
         UsageError: a line is not a log record holding each key in ``required``; the
             message names the file and the line.
     """
-    return [record for _, record in _metrics_lines(workdir, required)]
+    path = workdir / METRICS
+    raw = path.read_bytes() if path.is_file() else b""
+    return [record for _, record in _metrics_lines(path, raw, required)]
 
 
-def _metrics_lines(workdir: Path, required: Sequence[str] = ()) -> list[tuple[str, dict]]:
-    """Return each record of ``metrics.jsonl`` with its line, as :func:`read_metrics` reads it.
+def _metrics_lines(path: Path, raw: bytes, required: Sequence[str] = ()) -> list[tuple[str, dict]]:
+    """Return each record of ``raw``, the bytes of ``path``, with its line's text.
 
     A record is a JSON object with an integer ``step``. A last line that is not one and
     has no newline at its end was cut short (:func:`append_metrics` never leaves one, but
     a power cut can) and is left out; blank lines are skipped.
     """
-    path = workdir / METRICS
-    if not path.is_file():
-        return []
-    lines = path.read_bytes().split(b"\n")
+    lines = raw.split(b"\n")
     unfinished = lines.pop()  # what follows the last newline: empty unless a write was cut
     records = [
         _metrics_record(path, number, line, required)
@@ -208,10 +207,9 @@ def _metrics_record(
         record = json.loads(text)
     except ValueError as error:  # UnicodeDecodeError and JSONDecodeError both are
         raise UsageError(f"{path}, line {number}: not a line of jaxcnn's log ({error})") from error
-    keys = ("step", *required)
     if not isinstance(record, dict) or not isinstance(record.get("step"), int):
         raise UsageError(f"{path}, line {number}: not a log record with an integer step")
-    missing = [key for key in keys if key not in record]
+    missing = [key for key in required if key not in record]
     if missing:
         raise UsageError(f"{path}, line {number}: the record has no {', '.join(missing)}")
     return text, record
@@ -227,11 +225,15 @@ def truncate_metrics(workdir: Path, last_step: int) -> int:
         UsageError: a line of ``metrics.jsonl`` is not a log record (nothing is changed).
     """
     path = workdir / METRICS
-    lines = _metrics_lines(workdir)
-    kept = "".join(text + "\n" for text, record in lines if record["step"] <= last_step)
-    if path.is_file() and kept.encode() != path.read_bytes():
-        replace_whole(path, kept)
-    return len(lines) - kept.count("\n")
+    if not path.is_file():
+        return 0
+    raw = path.read_bytes()
+    lines = _metrics_lines(path, raw)
+    kept = [text for text, record in lines if record["step"] <= last_step]
+    kept_text = "".join(text + "\n" for text in kept)
+    if kept_text.encode() != raw:
+        replace_whole(path, kept_text)
+    return len(lines) - len(kept)
 
 
 def restore_run(
