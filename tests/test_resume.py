@@ -182,6 +182,7 @@ def test_resuming_with_other_hyperparameters_is_refused_unless_overridden(
 ):
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir)
+    shutil.rmtree(workdir / "checkpoints" / str(STEPS))  # as if stopped between 80 and 120
     before = file_digests(workdir)
     changed = [*RUN_FLAGS, "--learning-rate", "0.01", "--seed", "5", "--batch-size", "32"]
     base = ["--data-dir", str(data_dir), "--workdir", str(workdir)]
@@ -200,14 +201,62 @@ def test_resuming_with_other_hyperparameters_is_refused_unless_overridden(
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["learning_rate"] == 0.01
     assert (
-        json.loads((workdir / f"config-before-step-{STEPS}.json").read_text())["learning_rate"]
-        == 0.001
+        json.loads((workdir / "config-before-step-80.json").read_text())["learning_rate"] == 0.001
     )
+    shutil.rmtree(workdir / "checkpoints" / str(STEPS))
     again = [*RUN_FLAGS, "--learning-rate", "0.02", "--override", *base]
     assert run_cli(train.cli_main, again) == 0  # a second change at the same step keeps both
-    for name, learning_rate in ((f"{STEPS}", 0.001), (f"{STEPS}-2", 0.01)):
+    for name, learning_rate in (("80", 0.001), ("80-2", 0.01)):
         kept = json.loads((workdir / f"config-before-step-{name}.json").read_text())
         assert kept["learning_rate"] == learning_rate
+
+
+def test_a_finished_run_started_again_trains_nothing_and_changes_no_file(
+    data_dir, reference, tmp_path, capsys
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    before = file_digests(workdir)
+    assert run_cli(train.cli_main, train_argv(workdir, data_dir)) == 0
+    out = capsys.readouterr().out.splitlines()
+    accuracy = 100 * run_summary(reference)["test_accuracy"]
+    assert out[1].startswith(f"resuming from the checkpoint at step {STEPS}")
+    assert out[2] == (
+        f"nothing to train: the run in {workdir} finished its {STEPS} steps already (test "
+        f"accuracy {accuracy:.2f}%); its files are unchanged. To train on, raise --epochs or "
+        "--max-steps"
+    )
+    assert len(out) == 3 and file_digests(workdir) == before
+
+
+def test_fewer_steps_than_a_run_has_taken_are_refused(data_dir, reference, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    before = file_digests(workdir)
+    fewer = ["--max-steps", "100", "--data-dir", str(data_dir), "--workdir", str(workdir)]
+    assert run_cli(train.cli_main, fewer) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert (
+        f"holds a run already at step {STEPS}, past the 100 steps of --epochs 3, --max-steps 100"
+        in err
+    )
+    assert file_digests(workdir) == before
+
+
+@pytest.mark.parametrize("name", ["status.json", "metrics.jsonl", "summary.json"])
+def test_a_folder_in_place_of_a_run_file_is_refused_before_anything_is_written(
+    name, data_dir, reference, tmp_path, capsys
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    (workdir / name).unlink()
+    (workdir / name).mkdir()
+    before = file_digests(workdir)
+    assert run_cli(train.cli_main, train_argv(workdir, data_dir)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{workdir / name} is not a file" in err
+    assert file_digests(workdir) == before and (workdir / name).is_dir()
 
 
 def test_checkpoints_that_are_not_a_folder_are_refused_not_started_over(

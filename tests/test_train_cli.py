@@ -98,6 +98,7 @@ BAD_FLAGS = [
     (["--chunks", "some"], "--chunks"),
     (["--chunks", "65"], "--chunks"),  # more parts than the batch has examples
     (["--model", "resnet18", "--chunks", "2"], "--chunks"),  # BatchNorm needs the whole batch
+    (["--process-id", "3"], "--process-id 3 is for a multi-process run"),
 ]
 
 
@@ -141,6 +142,15 @@ def test_workdir_holding_run_files_without_a_config_is_refused_and_left_alone(
     assert "--workdir" in capsys.readouterr().err
     assert (workdir / "metrics.jsonl").read_text() == '{"step": 1}\n'
     assert sorted(p.name for p in workdir.iterdir()) == ["metrics.jsonl"]
+
+
+def test_a_workdir_linked_to_nothing_is_refused_and_left_alone(data_dir, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    workdir.symlink_to(tmp_path / "gone")
+    assert run_cli(train.cli_main, ["--data-dir", str(data_dir), "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a symbolic link to" in err and "does not exist" in err
+    assert workdir.is_symlink() and not (tmp_path / "gone").exists()
 
 
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):

@@ -18,6 +18,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -106,6 +107,11 @@ def run_job(config: TrainConfig, options: JobOptions) -> int:
             data.resolve_manual_dir(options.manual_dir),
         )
         check_batch_sizes(config, splits)
+        if restored is not None:
+            finished = finished_summary(requested, config, restored, len(splits["train"]))
+            if finished is not None:  # rerun of a finished run: its files stay as they are
+                print(describe_finished(requested, finished), flush=True)
+                return 0
         start, steps = prepare_start_and_steps(config, splits, restored, placement)  # no write yet
         path = requested
         stop = StopRequest()
@@ -299,6 +305,11 @@ def create_placement(options: JobOptions, config: TrainConfig) -> parallel.Place
         UsageError: the process flags are inconsistent, a multi-process run has no
             --workdir, or the batch size does not split among the devices.
     """
+    if options.process_id != 0 and options.num_processes == 1 and not options.coordinator:
+        raise UsageError(
+            f"--process-id {options.process_id} is for a multi-process run; give "
+            "--num-processes and --coordinator HOST:PORT too"
+        )
     if options.num_processes != 1 or options.coordinator:
         if not options.coordinator:
             raise UsageError(
@@ -360,6 +371,49 @@ def restore_latest(
             "its data order cannot continue under another seed"
         )
     return StartPoint(state=state, position=position, step=step)
+
+
+def finished_summary(
+    path: Path, config: TrainConfig, restored: StartPoint, num_train: int
+) -> dict[str, Any] | None:
+    """Return the summary of the run in ``path`` if it has taken every step ``config`` asks for.
+
+    That is: its newest checkpoint is at the run's last step, and ``summary.json`` and
+    ``status.json`` say that it finished there. A run that stopped at its last step before
+    writing those two files gets None, so that the job writes them.
+
+    Raises:
+        UsageError: the run is already past the steps ``config`` asks for (a lower
+            --epochs or --max-steps than it was trained with); going on would train nothing
+            and write over its summary.
+    """
+    total_steps = Timetable.of(config, num_train).total_steps
+    if restored.step > total_steps:
+        asked = f"--epochs {config.epochs}" + (
+            f", --max-steps {config.max_steps}" if config.max_steps is not None else ""
+        )
+        raise UsageError(
+            f"--workdir {str(path)!r} holds a run already at step {restored.step}, past the "
+            f"{total_steps} steps of {asked}; ask for more steps to train on, or give a new "
+            "--workdir"
+        )
+    if restored.step < total_steps:
+        return None
+    summary = workdir.read_json(path / workdir.SUMMARY) or {}
+    status = workdir.read_json(path / workdir.STATUS) or {}
+    if summary.get("steps") != total_steps or status.get("status") != workdir.FINISHED:
+        return None
+    return summary
+
+
+def describe_finished(path: Path, summary: dict[str, Any]) -> str:
+    """Say that the run in ``path`` has nothing left to train, and how to train on."""
+    accuracy = summary.get("test_accuracy")
+    reached = f" (test accuracy {100 * accuracy:.2f}%)" if isinstance(accuracy, float) else ""
+    return (
+        f"nothing to train: the run in {path} finished its {summary['steps']} steps already"
+        f"{reached}; its files are unchanged. To train on, raise --epochs or --max-steps"
+    )
 
 
 def signal_name(stop: StopRequest) -> str:

@@ -275,13 +275,24 @@ def saved_config(path: Path | None, config: TrainConfig, override: bool) -> Trai
     """Return the config of the run already in ``path`` (None if there is none).
 
     Raises:
-        UsageError: ``path`` is a file, holds run files but no config, or holds a run
-            whose hyperparameters differ from ``config`` (unless ``override``).
+        UsageError: ``path`` is a file or a link to nothing, holds a folder where a
+            run keeps a file, holds run files but no config, or holds a run whose
+            hyperparameters differ from ``config`` (unless ``override``).
     """
+    if path is not None and path.is_symlink() and not path.exists():
+        raise UsageError(
+            f"--workdir {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does "
+            "not exist; create that folder or give another --workdir"
+        )
     if path is None or not path.exists():
         return None
     if not path.is_dir():
         raise UsageError(f"--workdir {str(path)!r} exists and is not a folder")
+    for name in (METRICS, SUMMARY, STATUS, LOCK):
+        if (path / name).exists() and not (path / name).is_file():
+            raise UsageError(
+                f"{path / name} is not a file; a run keeps its {name} there: move it away"
+            )
     saved = read_config(path)
     if saved is None:
         run_files = [name for name in (METRICS, SUMMARY, CHECKPOINT_DIR) if (path / name).exists()]
