@@ -19,8 +19,8 @@ from jaxcnn.cli import (
     run_command,
 )
 from jaxcnn.config import TrainConfig
-from jaxcnn.errors import UsageError
 from jaxcnn.inspection.hand_step import TOLERANCE, format_checks, walk_step
+from jaxcnn.training.resources import check_batch_size
 from jaxcnn.training.state import new_state
 
 PROG = "python -m jaxcnn.explain"
@@ -49,9 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = TrainConfig(
         seed=args.seed, batch_size=args.batch_size, learning_rate=args.learning_rate
     ).validate()
-    if config.batch_size > 60_000:
-        raise UsageError(f"--batch-size {config.batch_size}: MNIST has 60000 training images")
     train_split = load_data(args, config.dataset, ("train",))["train"]
+    check_batch_size("--batch-size", config.batch_size, config.dataset, "train", train_split)
     indices = data.epoch_permutation(config.seed, 0, len(train_split))[: config.batch_size]
     batch = data.make_batch(train_split, indices, np.ones(config.batch_size, np.float32))
     checks, _ = walk_step(new_state(config), batch, config.learning_rate)

@@ -210,6 +210,20 @@ def test_explain_command_walks_a_real_step(data_dir, capsys):
     assert "16 of 16 stages agree" in out and "conv1 conv backward" in out and "adam step" in out
 
 
+@pytest.mark.parametrize(
+    ("size", "problem"),
+    [
+        ("70000", "--batch-size 70000 is larger than the training split of mnist (60000"),
+        ("0", "--batch-size"),
+    ],
+)
+def test_explain_refuses_a_batch_it_cannot_take(size, problem, data_dir, capsys):
+    argv = ["--data-dir", str(data_dir), "--batch-size", size]
+    assert run_cli(explain_command.cli_main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and problem in err and "Traceback" not in err
+
+
 def test_plot_command_writes_the_pictures(trained, capsys):
     assert run_cli(plot.cli_main, ["--workdir", str(trained)]) == 0
     for name in ("loss.png", "accuracy.png", "gradients.png"):
