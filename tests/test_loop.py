@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +15,9 @@ from helpers.common import run_cli, run_metrics, run_summary
 
 from jaxcnn import train
 from jaxcnn.config import TrainConfig
-from jaxcnn.training import optim
+from jaxcnn.training import job, loop, optim
 from jaxcnn.training import workdir as workdir_lib
+from jaxcnn.training.evaluation import evaluate
 from jaxcnn.training.scan_loop import scan_shapes
 from jaxcnn.training.timetable import Position, Timetable
 from jaxcnn.trees import named_leaves
@@ -56,6 +61,66 @@ def run_steps(data_dir: Path, workdir: Path, *flags: str) -> Path:
         == 0
     )
     return workdir
+
+
+def test_the_loop_queues_at_most_steps_in_flight_so_a_stop_comes_soon(
+    data_dir, tmp_path, monkeypatch
+):
+    """Unbounded, the host queued up to 32 steps (XLA:CPU's limit) before its next sync
+    point, and a Ctrl-C waited for all of them: 12 minutes for VGG-16 on the CPU."""
+    queued_before_each_step, dispatched = [], []
+
+    def spied(setup, state, position):
+        def step(state, batch):
+            queued_before_each_step.append(sum(not m["loss"].is_ready() for m in dispatched))
+            state, metrics = setup.compiled.step(state, batch)
+            dispatched.append(metrics)
+            return state, metrics
+
+        compiled = dataclasses.replace(setup.compiled, step=step)
+        return loop.train_and_evaluate(
+            dataclasses.replace(setup, compiled=compiled), state, position
+        )
+
+    monkeypatch.setattr(job, "train_and_evaluate", spied)
+    run_steps(data_dir, tmp_path / "run", "--log-every", "1000", "--max-steps", "40")
+    assert len(queued_before_each_step) == 40
+    assert max(queued_before_each_step) <= loop.STEPS_IN_FLIGHT
+
+
+def test_a_stop_between_log_points_checkpoints_without_a_test_pass(
+    data_dir, tmp_path, monkeypatch, capsys
+):
+    """A test pass of VGG-16 takes 5 minutes on a 2-core CPU: a stop must not wait for one."""
+    test_passes, dispatched = [], []
+
+    def counted_evaluate(*args):
+        test_passes.append(len(dispatched))
+        return evaluate(*args)
+
+    def spied(setup, state, position):
+        def step(state, batch):
+            if len(dispatched) == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+            state, metrics = setup.compiled.step(state, batch)
+            dispatched.append(metrics)
+            return state, metrics
+
+        compiled = dataclasses.replace(setup.compiled, step=step)
+        return loop.train_and_evaluate(
+            dataclasses.replace(setup, compiled=compiled), state, position
+        )
+
+    monkeypatch.setattr(job, "train_and_evaluate", spied)
+    monkeypatch.setattr(loop, "evaluate", counted_evaluate)
+    workdir = tmp_path / "run"
+    argv = ["--log-every", "1000", "--data-dir", str(data_dir), "--workdir", str(workdir)]
+    assert run_cli(train.cli_main, argv) == 143
+    stopped_at = int(re.search(r"after step (\d+)", capsys.readouterr().out)[1])
+    assert 6 <= stopped_at <= 6 + loop.STEPS_IN_FLIGHT
+    assert test_passes == [1]  # the log line of step 1 only
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [stopped_at]
+    assert not (workdir / "summary.json").exists()
 
 
 @pytest.mark.slow

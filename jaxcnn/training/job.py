@@ -273,8 +273,8 @@ def run_training(
             workdir.append_metrics(path, metrics_fields(record))
             board.write(record)
 
-    def on_checkpoint(state: TrainState, after: Position, test: EvalResult) -> None:
-        checkpoints.save(state, after, test.accuracy)
+    def on_checkpoint(state: TrainState, after: Position, test: EvalResult | None) -> None:
+        checkpoints.save(state, after, None if test is None else test.accuracy)
         board.cut()  # a resumed run drops the event files after its checkpoint (jaxcnn.tb)
 
     hooks = Hooks(
