@@ -63,16 +63,16 @@ def run_steps(data_dir: Path, workdir: Path, *flags: str) -> Path:
     return workdir
 
 
-def test_the_loop_queues_at_most_steps_in_flight_so_a_stop_comes_soon(
-    data_dir, tmp_path, monkeypatch
-):
-    """Unbounded, the host queued up to 32 steps (XLA:CPU's limit) before its next sync
-    point, and a Ctrl-C waited for all of them: 12 minutes for VGG-16 on the CPU."""
-    queued_before_each_step, dispatched = [], []
+def spy_on_the_steps(monkeypatch, before_each_step) -> list:
+    """Have the job's Python loop call ``before_each_step(dispatched)`` before each step.
+
+    Returns the list that gathers each step's metrics as it is dispatched.
+    """
+    dispatched = []
 
     def spied(setup, state, position):
         def step(state, batch):
-            queued_before_each_step.append(sum(not m["loss"].is_ready() for m in dispatched))
+            before_each_step(dispatched)
             state, metrics = setup.compiled.step(state, batch)
             dispatched.append(metrics)
             return state, metrics
@@ -83,6 +83,21 @@ def test_the_loop_queues_at_most_steps_in_flight_so_a_stop_comes_soon(
         )
 
     monkeypatch.setattr(job, "train_and_evaluate", spied)
+    return dispatched
+
+
+def test_the_loop_queues_at_most_steps_in_flight_so_a_stop_comes_soon(
+    data_dir, tmp_path, monkeypatch
+):
+    """Unbounded, the host queued up to 32 steps (XLA:CPU's limit) before its next sync
+    point, and a Ctrl-C waited for all of them: 12 minutes for VGG-16 on the CPU."""
+    queued_before_each_step = []
+    spy_on_the_steps(
+        monkeypatch,
+        lambda dispatched: queued_before_each_step.append(
+            sum(not m["loss"].is_ready() for m in dispatched)
+        ),
+    )
     run_steps(data_dir, tmp_path / "run", "--log-every", "1000", "--max-steps", "40")
     assert len(queued_before_each_step) == 40
     assert max(queued_before_each_step) <= loop.STEPS_IN_FLIGHT
@@ -92,26 +107,18 @@ def test_a_stop_between_log_points_checkpoints_without_a_test_pass(
     data_dir, tmp_path, monkeypatch, capsys
 ):
     """A test pass of VGG-16 takes 5 minutes on a 2-core CPU: a stop must not wait for one."""
-    test_passes, dispatched = [], []
+
+    def sigterm_before_step_6(dispatched):
+        if len(dispatched) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    dispatched = spy_on_the_steps(monkeypatch, sigterm_before_step_6)
+    test_passes = []
 
     def counted_evaluate(*args):
         test_passes.append(len(dispatched))
         return evaluate(*args)
 
-    def spied(setup, state, position):
-        def step(state, batch):
-            if len(dispatched) == 5:
-                os.kill(os.getpid(), signal.SIGTERM)
-            state, metrics = setup.compiled.step(state, batch)
-            dispatched.append(metrics)
-            return state, metrics
-
-        compiled = dataclasses.replace(setup.compiled, step=step)
-        return loop.train_and_evaluate(
-            dataclasses.replace(setup, compiled=compiled), state, position
-        )
-
-    monkeypatch.setattr(job, "train_and_evaluate", spied)
     monkeypatch.setattr(loop, "evaluate", counted_evaluate)
     workdir = tmp_path / "run"
     argv = ["--log-every", "1000", "--data-dir", str(data_dir), "--workdir", str(workdir)]

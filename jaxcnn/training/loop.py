@@ -220,14 +220,15 @@ class SyncPoints:
         raise_if_nonfinite(self.config, self.train_split, state)
         self.correct += int(sum(m["correct"] for m in fetched))
         self.count += int(sum(m["count"] for m in fetched))
+        log_point = self.timetable.is_log_point(batch)
         checkpoint_due = self.timetable.is_checkpoint_point(steps_done)
         test = None  # a stop alone takes no test pass: it would delay the stop by one
-        if self.timetable.is_log_point(batch) or checkpoint_due:
+        if log_point or checkpoint_due:
             test_start = time.perf_counter()
             test = evaluate(self.compiled.eval, state, self.test_batches)
             self.test_pass_seconds += time.perf_counter() - test_start
             self.last_test = (steps_done, test)
-        if self.timetable.is_log_point(batch):
+        if log_point:
             self.hooks.on_log(
                 LogRecord(
                     step=steps_done,

@@ -279,12 +279,14 @@ def saved_config(path: Path | None, config: TrainConfig, override: bool) -> Trai
             run keeps a file, holds run files but no config, or holds a run whose
             hyperparameters differ from ``config`` (unless ``override``).
     """
-    if path is not None and path.is_symlink() and not path.exists():
+    if path is None:
+        return None
+    if path.is_symlink() and not path.exists():
         raise UsageError(
             f"--workdir {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does "
             "not exist; create that folder or give another --workdir"
         )
-    if path is None or not path.exists():
+    if not path.exists():
         return None
     if not path.is_dir():
         raise UsageError(f"--workdir {str(path)!r} exists and is not a folder")
