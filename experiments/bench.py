@@ -232,9 +232,11 @@ def run_logged(
     return seconds, usage.ru_maxrss / 1e6, lines  # ru_maxrss is in kB on Linux
 
 
-def train_command(args: argparse.Namespace, workdir: str, *flags: str) -> list[str]:
+def train_command(
+    args: argparse.Namespace, workdir: str, *flags: str, python: str = sys.executable
+) -> list[str]:
     """Return the ``python -m jaxcnn.train`` command writing to ``workdir``, plus ``flags``."""
-    command = [sys.executable, "-m", "jaxcnn.train", "--manual-dir", args.manual_dir]
+    command = [python, "-m", "jaxcnn.train", "--manual-dir", args.manual_dir]
     return [*command, "--data-dir", args.data_dir, "--workdir", workdir, "--no-progress", *flags]
 
 
@@ -290,13 +292,18 @@ def tutorial_phases(args: argparse.Namespace, scratch: str) -> dict[str, float]:
 
 
 def seconds_to_first_step(
-    args: argparse.Namespace, workdir: str, cache_dir: str, tree: Path = REPO, max_steps: int = 1
+    args: argparse.Namespace,
+    workdir: str,
+    cache_dir: str,
+    tree: Path = REPO,
+    max_steps: int = 1,
+    python: str = sys.executable,
 ) -> float:
     """Run ``python -m jaxcnn.train`` up to step ``max_steps`` (one step in a new
-    ``workdir``) from the source tree ``tree``, with its compilation cache in
-    ``cache_dir``; return the seconds from launch to its ``compiled`` line (``python -m``
-    puts ``tree`` first on ``sys.path``)."""
-    command = train_command(args, workdir, "--max-steps", str(max_steps))
+    ``workdir``) from the source tree ``tree`` with the interpreter ``python``, with its
+    compilation cache in ``cache_dir``; return the seconds from launch to its ``compiled``
+    line (``python -m`` puts ``tree`` first on ``sys.path``)."""
+    command = train_command(args, workdir, "--max-steps", str(max_steps), python=python)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAXCNN_COMPILATION_CACHE": cache_dir}
     _, _, lines = run_logged(command, env, cwd=tree)
     return next(t for t, text in lines if text.startswith("compiled"))
