@@ -134,7 +134,7 @@ def train_and_evaluate(setup: LoopSetup, state: TrainState, position: Position) 
     steps_done = timetable.steps_before(position.epoch, position.batch)
     for epoch in range(position.epoch, timetable.epochs_with_steps):
         first = sync.start_epoch(epoch)
-        for batch_index, batch in placed_batches(setup, epoch, first):
+        for batch_index, batch in step_batches(setup, epoch, first):
             log_grads = config.log_grads and timetable.is_log_point(batch_index)
             train_step = compiled.step_with_grad_stats if log_grads else compiled.step
             state, metrics = train_step(state, batch)
@@ -295,10 +295,11 @@ def epoch_batches(
     return list(data.batch_indices(order, batch_size))
 
 
-def placed_batches(setup: LoopSetup, epoch: int, first: int) -> Iterator[tuple[int, Batch]]:
-    """Yield ``epoch``'s batches from ``first`` on, up to the run's last step, placed.
+def step_batches(setup: LoopSetup, epoch: int, first: int) -> Iterator[tuple[int, Batch]]:
+    """Yield ``epoch``'s batches from ``first`` on, up to the run's last step, for the step.
 
-    Each process reads only its own rows of every global batch.
+    Each process reads only its own rows of every global batch
+    (:meth:`~jaxcnn.training.parallel.Placement.feed_batch`).
     """
     config, split, placement = setup.config, setup.splits["train"], setup.placement
     timetable = Timetable.of(config, len(split))
@@ -308,7 +309,7 @@ def placed_batches(setup: LoopSetup, epoch: int, first: int) -> Iterator[tuple[i
     for batch_index in range(first, last):
         indices, mask = batches[batch_index]
         local_batch = data.make_batch(split, indices[rows], mask[rows])
-        yield batch_index, placement.put_batch(local_batch, config.batch_size)
+        yield batch_index, placement.feed_batch(local_batch, config.batch_size)
 
 
 def batch_of_step(config: TrainConfig, split: data.Split, step: int) -> Batch:
